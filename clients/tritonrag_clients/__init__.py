@@ -1,0 +1,1 @@
+"""Clients for the tritonrag server: streaming CLI, benchmark, canary control."""

@@ -1,0 +1,50 @@
+"""Ask the RAG server a question and print the answer token by token, then its sources.
+
+    python -m tritonrag_clients.ask "How do I open a file?" [--url 127.0.0.1:8001] [--top-k 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tritonrag_clients.streaming import StreamingClient, rag_inputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("question")
+    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address")
+    parser.add_argument("--model", default="rag")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    args = parser.parse_args(argv)
+
+    sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+    start = time.monotonic()
+    first = None
+    sources = None
+    with StreamingClient(args.url) as client:
+        for event in client.stream(args.model, rag_inputs(args.question, args.top_k, sampling)):
+            if event.error is not None:
+                print(f"\nerror: {event.error.message()}", file=sys.stderr)
+                return 1
+            if event.text and first is None:
+                first = event.time - start
+            sources = sources or event.sources
+            print(event.text, end="", flush=True)
+    print()
+    if sources:
+        print("\nSources:")
+        for number, source in enumerate(sources, start=1):
+            print(f"  [{number}] {source['title']}  ({source['id']}, score {source['score']})")
+    total = time.monotonic() - start
+    print(f"\n(first token after {first or 0:.2f} s, done in {total:.2f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

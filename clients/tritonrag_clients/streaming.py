@@ -1,0 +1,141 @@
+"""Stream a request to the server over tritonclient gRPC: deltas as they arrive, then the end.
+
+Used by the `ask` CLI, the benchmark and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+
+@dataclass
+class StreamEvent:
+    """One streamed response: a text delta, possibly the sources, possibly the end."""
+
+    text: str = ""
+    sources: list[dict] | None = None
+    final: bool = False
+    finish_reason: str | None = None
+    error: InferenceServerException | None = None
+    time: float = field(default_factory=time.monotonic)
+
+
+def bytes_input(name: str, value: str | bytes) -> grpcclient.InferInput:
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    tensor = grpcclient.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+    return tensor
+
+
+def rag_inputs(query: str | bytes, top_k: int | None = None, sampling: dict | str | None = None) -> list:
+    inputs = [bytes_input("query", query)]
+    if top_k is not None:
+        tensor = grpcclient.InferInput("top_k", [1], "INT32")
+        tensor.set_data_from_numpy(np.array([top_k], dtype=np.int32))
+        inputs.append(tensor)
+    if sampling is not None:
+        inputs.append(bytes_input("sampling_parameters", sampling if isinstance(sampling, str) else json.dumps(sampling)))
+    return inputs
+
+
+def generator_inputs(prompt: str | bytes, sampling: dict | str | None = None, stream: bool = True) -> list:
+    inputs = [bytes_input("text_input", prompt)]
+    if sampling is not None:
+        inputs.append(bytes_input("sampling_parameters", sampling if isinstance(sampling, str) else json.dumps(sampling)))
+    flag = grpcclient.InferInput("stream", [1], "BOOL")
+    flag.set_data_from_numpy(np.array([stream], dtype=bool))
+    inputs.append(flag)
+    return inputs
+
+
+def _event(result, error) -> StreamEvent:
+    if error is not None:
+        return StreamEvent(final=True, error=error)
+    response = result.get_response()
+    final = response.parameters["triton_final_response"].bool_param if "triton_final_response" in response.parameters else False
+    names = {output.name for output in response.outputs}
+    event = StreamEvent(final=final)
+    if "text_output" in names:
+        event.text = "".join(item.decode("utf-8") for item in result.as_numpy("text_output").reshape(-1))
+    if "sources" in names:
+        raw = result.as_numpy("sources").reshape(-1)[0]
+        event.sources = json.loads(raw) if raw else None
+    if "finish_reason" in names:
+        event.finish_reason = result.as_numpy("finish_reason").reshape(-1)[0].decode()
+    return event
+
+
+class StreamingClient:
+    """One gRPC stream; several requests may be in flight on it at once.
+
+    Triton reports a stream error without the request's id, so an error is routed to the
+    request only when it is the one in flight: callers that expect errors send one at a time.
+    """
+
+    def __init__(self, url: str = "127.0.0.1:8001"):
+        self.client = grpcclient.InferenceServerClient(url)
+        self.events: dict[str, queue.Queue[StreamEvent]] = {}
+        self.client.start_stream(callback=self._on_response)
+
+    def _on_response(self, result=None, error=None) -> None:
+        # gRPC stream errors carry no request id: with errors expected, keep one request in flight.
+        request_id = result.get_response().id if result is not None else None
+        target = self.events.get(request_id)
+        if target is None and len(self.events) == 1:
+            target = next(iter(self.events.values()))
+        if target is not None:
+            target.put(_event(result, error))
+
+    def send(self, model: str, inputs: list, request_id: str | None = None, model_version: str = "") -> str:
+        request_id = request_id or uuid.uuid4().hex
+        self.events[request_id] = queue.Queue()
+        self.client.async_stream_infer(
+            model, inputs, request_id=request_id, model_version=model_version, enable_empty_final_response=True
+        )
+        return request_id
+
+    def receive(self, request_id: str, timeout: float = 300.0) -> Iterator[StreamEvent]:
+        """Yield events of one request until its final response (or error)."""
+        events = self.events[request_id]
+        try:
+            while True:
+                event = events.get(timeout=timeout)
+                yield event
+                if event.final:
+                    return
+        finally:
+            self.events.pop(request_id, None)
+
+    def stream(self, model: str, inputs: list, **kwargs) -> Iterator[StreamEvent]:
+        yield from self.receive(self.send(model, inputs, **kwargs))
+
+    def close(self) -> None:
+        self.client.stop_stream()
+        self.client.close()
+
+    def __enter__(self) -> "StreamingClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def collect(events: Iterator[StreamEvent]) -> tuple[str, list[dict] | None, StreamEvent]:
+    """Drain a stream: (full text, sources, last event); raises the stream's error."""
+    text, sources, last = [], None, None
+    for event in events:
+        if event.error is not None:
+            raise event.error
+        text.append(event.text)
+        sources = sources or event.sources
+        last = event
+    return "".join(text), sources, last

@@ -1,0 +1,35 @@
+"""Triton adapter for the query embedder (logic: tritonrag.embedder)."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tritonrag import triton_io
+from tritonrag.embedder import Embedder
+from tritonrag.paths import embedder_model_dir
+from tritonrag.runtime import pick_device
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = triton_io.model_parameters(args)
+        model_dir = embedder_model_dir(params["embedder_dir"], triton_io.repository_root(args))
+        self.embedder = Embedder(str(model_dir), device=pick_device(params.get("device", "auto")))
+
+    def execute(self, requests):
+        """Pad the batch's token ids to its longest query, embed once, split per request."""
+        rows = [
+            (pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy().reshape(-1),
+             pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy().reshape(-1))
+            for r in requests
+        ]
+        width = max(ids.size for ids, _ in rows)
+        input_ids = np.zeros((len(rows), width), dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, (ids, mask) in enumerate(rows):
+            input_ids[i, : ids.size] = ids
+            attention_mask[i, : mask.size] = mask
+        embeddings = self.embedder.embed_tokens(input_ids, attention_mask)
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("embedding", embeddings[i : i + 1].astype(np.float32))])
+            for i in range(len(rows))
+        ]

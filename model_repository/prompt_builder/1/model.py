@@ -1,0 +1,20 @@
+"""Triton adapter for prompt building (logic: tritonrag.prompt)."""
+
+import json
+
+from tritonrag import triton_io
+from tritonrag.prompt import PromptBuilder
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.builder = PromptBuilder(triton_io.artifact_parameter(args, "tokenizer_dir"))
+
+    def execute(self, requests):
+        return triton_io.respond_each(requests, self.build)
+
+    def build(self, request):
+        query = triton_io.str_input(request, "query_text")
+        passages = json.loads(triton_io.str_input(request, "passages"))
+        prompt, sources = self.builder.build_with_sources(query, passages)
+        return [triton_io.bytes_tensor("text_input", prompt), triton_io.bytes_tensor("sources", sources)]

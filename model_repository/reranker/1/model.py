@@ -1,0 +1,30 @@
+"""Triton adapter for the reranker (logic: tritonrag.reranker)."""
+
+import triton_python_backend_utils as pb_utils
+
+from tritonrag import triton_io
+from tritonrag.passages import hits_from_json, hits_to_json
+from tritonrag.reranker import Reranker
+from tritonrag.runtime import pick_device
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = triton_io.model_parameters(args)
+        checkpoint = params.get("checkpoint", "").strip()
+        if checkpoint:
+            checkpoint = str(triton_io.artifact_parameter(args, "checkpoint"))
+        self.reranker = Reranker.from_config(checkpoint or None, device=pick_device(params.get("device", "auto")))
+
+    def execute(self, requests):
+        """Rerank every request of the dynamic batch in one call."""
+        queries = [triton_io.str_input(r, "query_text") for r in requests]
+        candidates = [hits_from_json(triton_io.str_input(r, "candidates")) for r in requests]
+        top_ks = [triton_io.int_input(r, "top_k", required=True) for r in requests]
+        ranked = self.reranker.rerank_many(queries, candidates, max(top_ks))
+        return [
+            pb_utils.InferenceResponse(
+                [triton_io.bytes_tensor("passages", hits_to_json(hits[:k]), shape=(1, 1))]
+            )
+            for hits, k in zip(ranked, top_ks)
+        ]

@@ -1,0 +1,1 @@
+"""The LLM engine: paged KV cache, continuous batching scheduler, model runner, sampler."""

@@ -1,0 +1,53 @@
+"""Engine settings: one dataclass, validated once, filled from config.pbtxt parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class EngineConfig:
+    """Knobs of the engine; names follow vLLM's engine arguments where the meaning is the same."""
+
+    model_dir: str = ""                  # safetensors + config.json + tokenizer files
+    dtype: str = "float32"               # "float32" (exact parity with HF) or "bfloat16"
+    device: str = "cpu"                  # "cpu" or "cuda"
+    block_size: int = 16                 # tokens per KV block
+    num_kv_blocks: int = 0               # 0 = derive from kv_cache_memory_bytes
+    kv_cache_memory_bytes: int = 512 * 2**20
+    max_num_seqs: int = 32               # sequences per step
+    max_num_batched_tokens: int = 512    # tokens computed per step (prefill chunks + decodes)
+    max_model_len: int = 2048            # prompt + output tokens of one sequence
+    max_waiting: int = 256               # bounded waiting queue; more is rejected
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    num_threads: int = 0                 # torch intra-op threads; 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError("without chunked prefill, max_num_batched_tokens must be >= max_model_len")
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], **overrides) -> "EngineConfig":
+        """Build from string-valued parameters (config.pbtxt); unknown keys are ignored."""
+        values = {}
+        for f in fields(cls):
+            if f.name in params:
+                values[f.name] = _coerce(params[f.name], f.type)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _coerce(raw: str, type_name: str):
+    if type_name == "bool":
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if type_name == "int":
+        return int(raw)
+    if type_name == "float":
+        return float(raw)
+    return raw

@@ -1,0 +1,22 @@
+"""Passages on the wire between pipeline stages: retrieval hits as JSON, and back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+
+def hits_to_json(hits) -> str:
+    """[Hit(passage, score)] -> JSON list of passage fields plus `score`."""
+    return json.dumps([{**dataclasses.asdict(hit.passage), "score": float(hit.score)} for hit in hits])
+
+
+def hits_from_json(raw: str):
+    from tritonrag.docstore import Passage
+    from tritonrag.retriever import Hit
+
+    names = {f.name for f in dataclasses.fields(Passage)}
+    return [
+        Hit(passage=Passage(**{k: v for k, v in item.items() if k in names}), score=item["score"])
+        for item in json.loads(raw)
+    ]

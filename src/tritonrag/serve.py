@@ -1,0 +1,59 @@
+"""Run tritonserver on the model repository in the foreground; optionally ask one streamed question.
+
+    python -m tritonrag.serve [--demo "question"] [--exit-after-demo] [--grpc-port 8001 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tritonrag.paths import MODEL_REPOSITORY
+from tritonrag.server import TritonServer
+
+
+def ask_demo(server: TritonServer, question: str) -> None:
+    from tritonrag_clients.ask import main as ask
+
+    print(f"\n>>> {question}\n", flush=True)
+    ask([question, "--url", server.grpc_url])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--demo", default=None, help="a question to ask once the server is ready")
+    parser.add_argument("--exit-after-demo", action="store_true")
+    args = parser.parse_args(argv)
+
+    server = TritonServer(args.model_repository, args.http_port, args.grpc_port, args.metrics_port)
+    print("starting tritonserver: " + " ".join(server.command()), flush=True)
+    server.start(foreground=True)
+    started = time.monotonic()
+    try:
+        server.wait_ready(timeout=600)
+        print(f"\nserver ready in {time.monotonic() - started:.0f} s: every model loaded and warmed up", flush=True)
+        if args.demo:
+            ask_demo(server, args.demo)
+            if args.exit_after_demo:
+                return 0
+        print(
+            f"\nAsk it something:  make ask Q=\"How do I read a file line by line?\"\n"
+            f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics {server.metrics_url}\n"
+            "Ctrl-C stops the server.",
+            flush=True,
+        )
+        return server.process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

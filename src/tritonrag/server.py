@@ -1,0 +1,183 @@
+"""Run a real tritonserver from the nvidia-pytriton wheel: backend directory, environment, readiness.
+
+The wheel bundles tritonserver 2.51, the Python backend and one stub per Python
+version. The stub finds its interpreter's prefix through `python3` on PATH (it
+ignores PYTHONPATH), so the server is started with this virtualenv's bin/ first
+on PATH; then every model imports the virtualenv's packages, ours included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tritonrag.paths import MODEL_REPOSITORY, REPO_ROOT, artifacts_dir
+
+BACKEND_NAME = "tritonrag_llm"
+PYTRITON_DIR = "pytriton/tritonserver"
+
+
+def _site_packages() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).resolve().parents[1]
+
+
+def tritonserver_binary() -> Path:
+    return _site_packages() / PYTRITON_DIR / "bin" / "tritonserver"
+
+
+def server_library_dir() -> Path:
+    return _site_packages() / "nvidia_pytriton.libs"
+
+
+def assemble_backend_dir(target: Path | None = None) -> Path:
+    """Build `<target>/python` (Triton's Python backend) and `<target>/tritonrag_llm` (ours).
+
+    Our backend directory is a symlink to the repository's `backends/tritonrag_llm`, so
+    edits take effect on the next server start without re-assembling.
+    """
+    target = target or artifacts_dir() / "backends"
+    bundled = _site_packages() / PYTRITON_DIR
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = {
+        "libtriton_python.so": bundled / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": bundled / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": bundled / "python_backend_stubs" / version / "triton_python_backend_stub",
+    }
+    for name, source in sources.items():
+        dest = python_dir / name
+        if not dest.exists() or dest.stat().st_mtime < source.stat().st_mtime:
+            shutil.copy2(source, dest)
+    ours = target / BACKEND_NAME
+    if not ours.is_symlink():
+        if ours.exists():
+            shutil.rmtree(ours)
+        ours.symlink_to(REPO_ROOT / "backends" / BACKEND_NAME, target_is_directory=True)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TritonServer:
+    """A tritonserver child process on loopback ports; a context manager for tests and tools."""
+
+    model_repository: Path = MODEL_REPOSITORY
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    extra_args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @classmethod
+    def on_free_ports(cls, **kwargs) -> "TritonServer":
+        return cls(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **kwargs)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        return [
+            str(tritonserver_binary()),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={assemble_backend_dir()}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--allow-metrics=true",
+            "--allow-cpu-metrics=true",
+            "--allow-gpu-metrics=false",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(server_library_dir()), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("TRITONRAG_ARTIFACTS", str(artifacts_dir()))
+        return env
+
+    def start(self, foreground: bool = False) -> "TritonServer":
+        out = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            self.command(), env=self.environment(), stdout=out, stderr=subprocess.STDOUT if out else None,
+            start_new_session=not foreground,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Wait until every model is loaded (server ready), or raise with the log's tail."""
+        import tritonclient.http as httpclient
+
+        deadline = time.monotonic() + timeout
+        client = httpclient.InferenceServerClient(self.http_url)
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}\n{self.log_tail()}")
+            try:
+                if client.is_server_ready():
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL) if self.process.pid else None
+            self.process.wait(10)
+
+    def __enter__(self) -> "TritonServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
