@@ -166,7 +166,8 @@ class GenerationService:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._admit(block=not self.engine.has_unfinished())
-            self._drop_cancelled()
+            if self._drop_cancelled() and not self.engine.has_unfinished():
+                self.observer.on_step(self.engine)  # publish the freed blocks even with no step to run
             if not self.engine.has_unfinished():
                 continue
             try:
@@ -206,12 +207,16 @@ class GenerationService:
         detokenizer = IncrementalDetokenizer(self.tokenizer, item.prompt_ids, item.sampling.stop)
         self._live[item.request_id] = _Live(item.sink, detokenizer, item.arrival, len(item.prompt_ids))
 
-    def _drop_cancelled(self) -> None:
+    def _drop_cancelled(self) -> int:
+        """Abort requests whose client cancelled or went away; their blocks are freed at once."""
+        dropped = 0
         for request_id, live in list(self._live.items()):
             if live.sink.is_cancelled():
                 self.engine.abort(request_id)
                 del self._live[request_id]
                 live.sink.finish("", Completion(FinishReason.ABORT.value, live.num_prompt_tokens, 0, 0))
+                dropped += 1
+        return dropped
 
     def _deliver(self, output: StepOutput) -> None:
         live = self._live.get(output.request_id)

@@ -1,0 +1,24 @@
+"""One real tritonserver with the whole model repository, shared by the server tests."""
+
+from pathlib import Path
+
+import pytest
+
+from tritonrag.paths import artifacts_dir, generator_weights_dir, index_dir
+from tritonrag.server import TritonServer
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(scope="session")
+def server():
+    missing = [p for p in (generator_weights_dir() / "model.safetensors", index_dir() / "faiss.index") if not p.exists()]
+    if missing:
+        pytest.skip(f"artifacts missing ({', '.join(map(str, missing))}): run `make setup` first")
+    instance = TritonServer.on_free_ports(log_path=artifacts_dir() / "logs" / "test-server.log")
+    with instance:
+        yield instance
