@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,18 @@ def tritonserver_binary() -> Path:
     return _site_packages() / PYTRITON_DIR / "bin" / "tritonserver"
 
 
-def server_library_dir() -> Path:
-    return _site_packages() / "nvidia_pytriton.libs"
+def server_library_dirs() -> list[str]:
+    """The wheel's bundled libraries, and the libpython of the interpreter behind this venv.
+
+    The stub links `libpython3.X.so.1.0` by soname and would find the system's copy; when
+    this venv's interpreter is another build (pyenv, say), its stdlib extension modules
+    need its own libpython (e.g. `_ssl` fails with an undefined symbol otherwise).
+    """
+    dirs = [str(_site_packages() / "nvidia_pytriton.libs")]
+    libdir, library = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if libdir and library and (Path(libdir) / library).exists():
+        dirs.insert(0, libdir)
+    return dirs
 
 
 def assemble_backend_dir(target: Path | None = None) -> Path:
@@ -120,7 +131,7 @@ class TritonServer:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(server_library_dir()), env.get("LD_LIBRARY_PATH", "")) if p
+            p for p in (*server_library_dirs(), env.get("LD_LIBRARY_PATH", "")) if p
         )
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
