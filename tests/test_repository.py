@@ -79,3 +79,12 @@ def test_artifact_paths_resolve_beside_repository(monkeypatch, tmp_path):
     monkeypatch.setenv("TRITONRAG_ARTIFACTS", str(tmp_path / "elsewhere"))
     assert resolve_artifact("${TRITONRAG_ARTIFACTS}/index", repo) == tmp_path / "elsewhere" / "index"
     assert resolve_artifact("weights/x", repo) == repo / "weights" / "x"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_version_folders_hold_a_file(name):
+    """Triton needs a version folder per model; git drops empty folders, so each must hold a file."""
+    versions = [p for p in (MODEL_REPOSITORY / name).iterdir() if p.is_dir() and p.name.isdigit()]
+    assert versions, f"{name} has no version folder"
+    for version in versions:
+        assert any(version.iterdir()), f"{version} is empty and would vanish from a clone"
