@@ -214,7 +214,9 @@ class GenerationService:
             if live.sink.is_cancelled():
                 self.engine.abort(request_id)
                 del self._live[request_id]
-                live.sink.finish("", Completion(FinishReason.ABORT.value, live.num_prompt_tokens, 0, 0))
+                completion = Completion(FinishReason.ABORT.value, live.num_prompt_tokens, 0, 0)
+                live.sink.finish("", completion)
+                self.observer.on_finish(time.monotonic() - live.arrival, completion)
                 dropped += 1
         return dropped
 
