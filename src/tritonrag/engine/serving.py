@@ -8,22 +8,28 @@ it through the inbox queue.
 Life of a request: `submit` tokenizes and validates it, then queues it -> the loop adds
 it to the engine -> each step's new tokens are detokenized into a text delta for the
 sink -> a stop string, EOS, max_tokens, a cancelled sink or an engine failure ends it,
-and its KV blocks go back to the pool in the same step.
+and its KV blocks go back to the pool in the same step. Every submitted request gets
+exactly one `finish` or `fail`, also when its sink raises, the model fails, or the
+service shuts down.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from tritonrag.engine.detokenizer import IncrementalDetokenizer
 from tritonrag.engine.llm_engine import LLMEngine, StepOutput
 from tritonrag.engine.sequence import FinishReason
-from tritonrag.errors import InvalidInput
+from tritonrag.errors import InvalidInput, Unavailable
 from tritonrag.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,16 +107,19 @@ class CollectingSink:
 class _Live:
     """A request the engine is working on."""
 
+    request_id: str          # the client's id, for logs
     sink: Sink
     detokenizer: IncrementalDetokenizer
     arrival: float
     num_prompt_tokens: int
+    num_cached_tokens: int = 0
+    num_output_tokens: int = 0
     last_token_time: float | None = None
-    text: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Submission:
+    key: str                 # the engine's id for it: unique, unlike client ids
     request_id: str
     prompt_ids: list[int]
     sampling: SamplingParams
@@ -127,27 +136,37 @@ class GenerationService:
         self.engine = engine
         self.tokenizer = tokenizer
         self.observer = observer or NullObserver()
-        self._inbox: queue.Queue[_Submission] = queue.Queue()
-        self._live: dict[str, _Live] = {}
+        self._inbox: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
+        self._live: dict[str, _Live] = {}   # by engine key; touched by the loop thread only
+        self._ids = itertools.count()
+        self._lock = threading.Lock()       # submit vs shutdown: nothing is queued after the final drain
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tritonrag-engine", daemon=True)
         self._thread.start()
 
     # ---- called from any thread -------------------------------------------------
     def submit(self, request_id: str, prompt: str, sampling: SamplingParams, sink: Sink) -> None:
-        """Tokenize and validate now (errors reach the caller at once), generate later."""
+        """Tokenize and validate now (errors reach the caller at once), generate later.
+
+        Raises InvalidInput for a bad prompt and Unavailable once the service is shutting down.
+        """
         prompt_ids = self.tokenizer(prompt)["input_ids"]
         if not prompt_ids:
             raise InvalidInput("text_input is empty")
         max_len = self.engine.config.max_model_len
         if len(prompt_ids) >= max_len:
             raise InvalidInput(f"prompt is {len(prompt_ids)} tokens; the limit is {max_len - 1} (max_model_len {max_len})")
-        self._inbox.put(_Submission(request_id, prompt_ids, sampling, sink, time.monotonic()))
+        with self._lock:
+            if self._stopping.is_set():
+                raise Unavailable("the generator is shutting down")
+            # Triton request ids are optional ("" for many clients) and need not be unique.
+            key = f"{request_id}#{next(self._ids)}"
+            self._inbox.put(_Submission(key, request_id, prompt_ids, sampling, sink, time.monotonic()))
 
     def generate(self, prompt: str, sampling: SamplingParams, timeout: float | None = None) -> CollectingSink:
         """Blocking convenience: submit, wait, return the finished sink."""
         sink = CollectingSink()
-        self.submit(f"sync-{id(sink)}", prompt, sampling, sink)
+        self.submit("generate", prompt, sampling, sink)
         return sink.wait(timeout)
 
     def warmup(self) -> None:
@@ -155,7 +174,9 @@ class GenerationService:
         self.generate("Hello", SamplingParams(max_tokens=4), timeout=300)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
+        """Stop the loop; queued and live requests get `fail(Unavailable)`, later `submit`s raise it."""
+        with self._lock:
+            self._stopping.set()
         self._thread.join(timeout)
 
     @property
@@ -165,25 +186,31 @@ class GenerationService:
     # ---- the loop thread ----------------------------------------------------------
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self._admit(block=not self.engine.has_unfinished())
-            if self._drop_cancelled() and not self.engine.has_unfinished():
-                self.observer.on_step(self.engine)  # publish the freed blocks even with no step to run
-            if not self.engine.has_unfinished():
-                continue
             try:
-                outputs = self.engine.step()
-            except Exception as exc:  # noqa: BLE001 - fail the batch, keep serving
+                self._iterate()
+            except Exception as exc:  # noqa: BLE001 - e.g. the model failed: fail the batch, keep serving
+                log.exception("generation step failed; failing %d live requests", len(self._live))
                 self._fail_all(exc)
-                continue
-            for output in outputs:
+        error = Unavailable("the generator is shutting down")
+        self._fail_all(error)
+        while True:
+            try:
+                _call(self._inbox.get_nowait().sink.fail, error)
+            except queue.Empty:
+                break
+
+    def _iterate(self) -> None:
+        self._admit(block=not self.engine.has_unfinished())
+        dropped = self._drop_cancelled()
+        if self.engine.has_unfinished():
+            for output in self.engine.step():
                 self._deliver(output)
-            self.observer.on_step(self.engine)
-        shutdown = RuntimeError("the generator is shutting down")
-        self._fail_all(shutdown)
-        while not self._inbox.empty():
-            self._inbox.get_nowait().sink.fail(shutdown)
+        elif not dropped:
+            return
+        self._observe("on_step", self.engine)   # after dropping too: publish the freed blocks
 
     def _admit(self, block: bool) -> None:
+        """Move everything in the inbox into the engine (waiting up to IDLE_WAIT_S if `block`)."""
         try:
             item = self._inbox.get(timeout=self.IDLE_WAIT_S) if block else self._inbox.get_nowait()
         except queue.Empty:
@@ -196,67 +223,98 @@ class GenerationService:
                 return
 
     def _add(self, item: _Submission) -> None:
-        if item.sink.is_cancelled():
-            item.sink.finish("", Completion(FinishReason.ABORT.value, len(item.prompt_ids), 0, 0))
+        if _is_cancelled(item.sink):   # never reaches the engine
+            completion = Completion(FinishReason.ABORT.value, len(item.prompt_ids), 0, 0)
+            _call(item.sink.finish, "", completion)
+            self._observe("on_finish", time.monotonic() - item.arrival, completion)
             return
         try:
-            self.engine.add_request(item.request_id, item.prompt_ids, item.sampling)
+            detokenizer = IncrementalDetokenizer(self.tokenizer, item.prompt_ids, item.sampling.stop)
+            self.engine.add_request(item.key, item.prompt_ids, item.sampling)
         except Exception as exc:  # noqa: BLE001 - e.g. a full waiting queue: that request's error
-            item.sink.fail(exc)
+            _call(item.sink.fail, exc)
             return
-        detokenizer = IncrementalDetokenizer(self.tokenizer, item.prompt_ids, item.sampling.stop)
-        self._live[item.request_id] = _Live(item.sink, detokenizer, item.arrival, len(item.prompt_ids))
+        self._live[item.key] = _Live(item.request_id, item.sink, detokenizer, item.arrival, len(item.prompt_ids))
 
     def _drop_cancelled(self) -> int:
         """Abort requests whose client cancelled or went away; their blocks are freed at once."""
-        dropped = 0
-        for request_id, live in list(self._live.items()):
-            if live.sink.is_cancelled():
-                self.engine.abort(request_id)
-                del self._live[request_id]
-                completion = Completion(FinishReason.ABORT.value, live.num_prompt_tokens, 0, 0)
-                live.sink.finish("", completion)
-                self.observer.on_finish(time.monotonic() - live.arrival, completion)
-                dropped += 1
-        return dropped
+        cancelled = [key for key, live in self._live.items() if _is_cancelled(live.sink)]
+        for key in cancelled:
+            self._end(key, FinishReason.ABORT)
+        return len(cancelled)
 
     def _deliver(self, output: StepOutput) -> None:
-        live = self._live.get(output.request_id)
+        key = output.request_id
+        live = self._live.get(key)
         if live is None:
             return
-        self._time_tokens(live)
-        delta = "".join(live.detokenizer.add(token) for token in output.new_token_ids)
-        finished, reason = output.finished, output.finish_reason
-        if live.detokenizer.stopped and not finished:
-            self.engine.finish_request(output.request_id, FinishReason.STOP)
-            finished, reason = True, FinishReason.STOP
-        if not finished:
-            if delta:
-                live.sink.send_delta(delta)
+        if output.num_output_tokens > live.num_output_tokens:
+            self._time_tokens(live)
+        live.num_cached_tokens, live.num_output_tokens = output.num_cached_tokens, output.num_output_tokens
+        reason = output.finish_reason if output.finished else None
+        try:
+            delta = "".join(live.detokenizer.add(token) for token in output.new_token_ids)
+            if live.detokenizer.stopped:   # a stop string; it wins over a length limit hit in the same step
+                reason = FinishReason.STOP
+            if reason is None:
+                if delta:
+                    live.sink.send_delta(delta)
+                return
+            delta += live.detokenizer.finish()
+        except Exception as exc:  # noqa: BLE001 - a sink that raises (client gone) or a bad token: this request only
+            self._end(key, error=exc)
             return
-        delta += live.detokenizer.finish()
-        del self._live[output.request_id]
-        completion = Completion(
-            finish_reason=FinishReason(reason).value,
-            num_prompt_tokens=output.num_prompt_tokens,
-            num_cached_tokens=output.num_cached_tokens,
-            num_output_tokens=output.num_output_tokens,
-        )
-        live.sink.finish(delta, completion)
-        self.observer.on_finish(time.monotonic() - live.arrival, completion)
+        if reason is FinishReason.ERROR:   # the scheduler gave up on it (it outgrew the KV cache)
+            self._end(key, error=RuntimeError("the request outgrew the KV cache; lower max_tokens or the prompt length"))
+        else:
+            self._end(key, FinishReason(reason), delta)
 
     def _time_tokens(self, live: _Live) -> None:
         now = time.monotonic()
         if live.last_token_time is None:
-            self.observer.on_first_token(now - live.arrival)
+            self._observe("on_first_token", now - live.arrival)
         else:
-            self.observer.on_inter_token(now - live.last_token_time)
+            self._observe("on_inter_token", now - live.last_token_time)
         live.last_token_time = now
 
+    def _end(self, key: str, reason: FinishReason = FinishReason.ABORT, text: str = "",
+             error: Exception | None = None) -> None:
+        """Take a request out: free its blocks now (a no-op if the engine already did), then tell its sink once."""
+        live = self._live.pop(key)
+        try:
+            self.engine.finish_request(key, reason if error is None else FinishReason.ERROR)
+        except Exception:  # noqa: BLE001 - the sink must still hear about it
+            log.exception("could not free request %r", live.request_id)
+        if error is not None:
+            _call(live.sink.fail, error)
+            return
+        completion = Completion(reason.value, live.num_prompt_tokens, live.num_cached_tokens, live.num_output_tokens)
+        _call(live.sink.finish, text, completion)
+        self._observe("on_finish", time.monotonic() - live.arrival, completion)
+
     def _fail_all(self, error: Exception) -> None:
-        for request_id, live in list(self._live.items()):
-            try:
-                self.engine.abort(request_id)
-            finally:
-                del self._live[request_id]
-                live.sink.fail(error)
+        for key in list(self._live):
+            self._end(key, error=error)
+
+    def _observe(self, hook: str, *args) -> None:
+        """Metrics must not take the loop down."""
+        try:
+            getattr(self.observer, hook)(*args)
+        except Exception:  # noqa: BLE001
+            log.exception("observer %s failed", hook)
+
+
+def _call(callback, *args) -> None:
+    """Call a sink; one that raises (its client is gone) must not take the loop down."""
+    try:
+        callback(*args)
+    except Exception:  # noqa: BLE001
+        log.exception("sink %s failed", getattr(callback, "__name__", callback))
+
+
+def _is_cancelled(sink: Sink) -> bool:
+    try:
+        return sink.is_cancelled()
+    except Exception:  # noqa: BLE001 - cannot tell: treat the client as gone
+        log.exception("sink is_cancelled failed")
+        return True

@@ -1,0 +1,406 @@
+"""GenerationService: a real LLMEngine on its loop thread, a fake model, the real SmolLM2 tokenizer.
+
+The fake model's token ids are below 101; in the 49152-token SmolLM2 vocab, ids 0-16 are
+special tokens (no text) and 17-100 single ASCII characters, so every id is valid and the
+expected text of a request is `tokenizer.decode(kit.reference(prompt_ids, n))`.
+
+Nothing sleeps: tests wait on the sinks' events, and `GatedRunner.hold()` parks the loop
+thread inside a step so that what is submitted meanwhile reaches the engine together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tritonrag.engine.llm_engine import LLMEngine
+from tritonrag.engine.serving import CollectingSink, GenerationService
+from tritonrag.errors import InvalidInput, Unavailable
+from tritonrag.sampling import SamplingParams
+
+WAIT_S = 10.0
+MODEL_DIR = Path(__file__).resolve().parents[2] / "artifacts" / "weights" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    if not (MODEL_DIR / "tokenizer.json").is_file():
+        pytest.skip(f"no tokenizer at {MODEL_DIR} (fetch the smollm2-135m-instruct artifact)")
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    assert len(tok) > 100
+    return tok
+
+
+class GatedRunner:
+    """Wraps the FakeRunner: `hold()` parks the next step until `release()`; `fail_when` fails one step."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.num_kv_blocks = inner.num_kv_blocks
+        self.gate = threading.Event()
+        self.gate.set()
+        self.blocked = threading.Event()   # the loop thread is parked in a step
+        self.fail_when = None              # predicate on the SchedulerOutput; fires once
+
+    @property
+    def steps(self) -> list[list[tuple[str, int, int]]]:
+        return self.inner.steps
+
+    def hold(self) -> None:
+        self.blocked.clear()
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def execute(self, out):
+        if not self.gate.is_set():
+            self.blocked.set()
+            if not self.gate.wait(WAIT_S):
+                raise TimeoutError("the test never released the runner")
+        if self.fail_when is not None and self.fail_when(out):
+            self.fail_when = None
+            raise RuntimeError("injected runner failure")
+        return self.inner.execute(out)
+
+
+class Recorder:
+    """Observer that records every hook and checks the scheduler after each step (on the loop thread)."""
+
+    def __init__(self, check_scheduler) -> None:
+        self.check_scheduler = check_scheduler
+        self.first_token: list[float] = []
+        self.inter_token: list[float] = []
+        self.finished: list[tuple[float, object]] = []
+        self.steps = 0
+        self.errors: list[Exception] = []
+
+    def on_first_token(self, ttft: float) -> None:
+        self.first_token.append(ttft)
+
+    def on_inter_token(self, latency: float) -> None:
+        self.inter_token.append(latency)
+
+    def on_finish(self, e2e: float, completion) -> None:
+        self.finished.append((e2e, completion))
+
+    def on_step(self, engine) -> None:
+        self.steps += 1
+        try:
+            self.check_scheduler(engine.scheduler)
+        except Exception as exc:  # noqa: BLE001 - the service swallows observer errors; report them in teardown
+            self.errors.append(exc)
+
+
+@pytest.fixture
+def serve(kit, tokenizer):
+    """serve(**config) -> a running service over a gated fake runner; torn down with full checks."""
+    made = []
+
+    def make(**config) -> SimpleNamespace:
+        cfg = kit.make_config(**config)
+        runner = GatedRunner(kit.FakeRunner(cfg.num_kv_blocks, cfg.block_size))
+        engine = LLMEngine(cfg, runner, kit.ArgmaxSampler())
+        observer = Recorder(kit.check_scheduler)
+        s = SimpleNamespace(engine=engine, runner=runner, observer=observer,
+                            service=GenerationService(engine, tokenizer, observer))
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.runner.release()
+        s.service.shutdown(WAIT_S)
+        assert not s.service._thread.is_alive(), "the loop thread did not stop"
+        kit.check_all_free(s.engine.scheduler)
+        assert not s.observer.errors, s.observer.errors
+
+
+class Sink(CollectingSink):
+    """CollectingSink that counts its final callbacks: each request must get exactly one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_final = 0
+
+    def finish(self, text, completion):
+        self.num_final += 1
+        super().finish(text, completion)
+
+    def fail(self, error):
+        self.num_final += 1
+        super().fail(error)
+
+
+def expect(kit, tokenizer, prompt: str, max_tokens: int) -> SimpleNamespace:
+    ids = tokenizer(prompt)["input_ids"]
+    out = kit.reference(ids, max_tokens)
+    return SimpleNamespace(ids=ids, out=out, text=tokenizer.decode(out, skip_special_tokens=True))
+
+
+def wait(*sinks: Sink) -> None:
+    for sink in sinks:
+        assert sink.done.wait(WAIT_S), "a request got neither finish nor fail"
+        assert sink.num_final == 1
+
+
+def submit_together(s, first: tuple, rest: list[tuple]) -> None:
+    """`first` runs its first step while `rest` is queued, so all of them are in the engine by the next step."""
+    s.runner.hold()
+    s.service.submit(*first)
+    assert s.runner.blocked.wait(WAIT_S)
+    for args in rest:
+        s.service.submit(*args)
+    s.runner.release()
+
+
+def keys_in_steps(steps) -> list[set[str]]:
+    """Client request ids per runner step (the engine's keys are `<request_id>#<n>`)."""
+    return [{key.rsplit("#", 1)[0] for key, _, _ in step} for step in steps]
+
+
+WORDS = ["Apple", "Banana", "Cherry", "Dog", "Eagle", "Forest", "Guitar", "House"]
+
+
+# ---- tests -----------------------------------------------------------------------------------
+def test_concurrent_submissions_all_finish(serve, kit, tokenizer):
+    s = serve()
+    prompts = [f"{word} number {i} is here" for i, word in enumerate(WORDS)]
+    sinks = [Sink() for _ in prompts]
+    # Every client id is "", as with Triton clients that set none: the service keys requests itself.
+    threads = [threading.Thread(target=s.service.submit, args=("", p, SamplingParams(max_tokens=10 + i), sink))
+               for i, (p, sink) in enumerate(zip(prompts, sinks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    wait(*sinks)
+    for i, (prompt, sink) in enumerate(zip(prompts, sinks)):
+        want = expect(kit, tokenizer, prompt, 10 + i)
+        assert sink.error is None
+        assert sink.text == want.text and all(sink.deltas)
+        c = sink.completion
+        assert (c.finish_reason, c.num_prompt_tokens, c.num_output_tokens, c.num_cached_tokens) == \
+            ("length", len(want.ids), 10 + i, 0)
+    kit.check_all_free(s.engine.scheduler)
+
+
+def test_cancel_mid_generation_aborts_within_one_step(serve, kit, tokenizer):
+    s = serve()
+
+    class CancelAfter(Sink):
+        """Cancels itself when its third delta arrives (on the loop thread, inside a step)."""
+
+        def send_delta(self, text):
+            super().send_delta(text)
+            if len(self.deltas) == 3:
+                self.cancelled = True
+                self.cancel_step = len(s.runner.steps)
+
+        def finish(self, text, completion):   # the victim's blocks are free when it hears about it
+            self.seqs_left = [q.request_id for q in s.engine.scheduler.running + list(s.engine.scheduler.waiting)]
+            kit.check_scheduler(s.engine.scheduler)
+            super().finish(text, completion)
+
+    victim = CancelAfter()
+    others = {f"o{i}": Sink() for i in range(3)}
+    submit_together(s, ("victim", "Victim prompt text", SamplingParams(max_tokens=40), victim),
+                    [(rid, f"{WORDS[i]} other prompt", SamplingParams(max_tokens=30), sink)
+                     for i, (rid, sink) in enumerate(others.items())])
+    wait(victim, *others.values())
+
+    c = victim.completion
+    assert victim.error is None and c.finish_reason == "abort"
+    assert 3 <= c.num_output_tokens < 40
+    ref = expect(kit, tokenizer, "Victim prompt text", 40).out
+    assert victim.text == tokenizer.decode(ref[: c.num_output_tokens], skip_special_tokens=True)
+    assert "victim" not in {key.rsplit("#", 1)[0] for key in victim.seqs_left}
+    per_step = keys_in_steps(s.runner.steps)
+    assert all("victim" in step for step in per_step[1 : victim.cancel_step])
+    assert not any("victim" in step for step in per_step[victim.cancel_step :]), "ran a step after the cancel"
+    assert any(len(step) == 3 for step in per_step[victim.cancel_step :]), "others ran on after the abort"
+    for i, sink in enumerate(others.values()):
+        assert sink.completion.finish_reason == "length"
+        assert sink.text == expect(kit, tokenizer, f"{WORDS[i]} other prompt", 30).text
+    kit.check_all_free(s.engine.scheduler)
+    assert s.engine.stats().kv_usage == 0.0
+
+
+def test_cancel_from_client_threads(serve, kit, tokenizer):
+    """Cancels racing the loop from other threads: each request ends once, as a prefix of its reference."""
+    s = serve()
+
+    class FirstDelta(Sink):
+        def __init__(self):
+            super().__init__()
+            self.started = threading.Event()
+
+        def send_delta(self, text):
+            super().send_delta(text)
+            self.started.set()
+
+    prompts = [f"{word} races a cancel" for word in WORDS]
+    sinks = [FirstDelta() for _ in prompts]
+    for i, (prompt, sink) in enumerate(zip(prompts, sinks)):
+        s.service.submit(f"r{i}", prompt, SamplingParams(max_tokens=100), sink)
+    for sink in sinks[::2]:
+        assert sink.started.wait(WAIT_S)
+        sink.cancelled = True
+    wait(*sinks)
+    for i, (prompt, sink) in enumerate(zip(prompts, sinks)):
+        c = sink.completion
+        ref = expect(kit, tokenizer, prompt, 100).out
+        assert sink.text == tokenizer.decode(ref[: c.num_output_tokens], skip_special_tokens=True)
+        assert c.finish_reason == ("length" if i % 2 else "abort") or c.num_output_tokens == 100
+    kit.check_all_free(s.engine.scheduler)
+
+
+def test_cancel_before_admission_never_reaches_the_engine(serve, kit):
+    s = serve()
+    sink = Sink()
+    sink.cancelled = True
+    s.service.submit("early", "Never run this", SamplingParams(max_tokens=8), sink)
+    wait(sink)
+    c = sink.completion
+    assert (c.finish_reason, c.num_output_tokens, sink.text) == ("abort", 0, "")
+    assert s.runner.steps == [] and s.engine.stats().prompt_tokens_total == 0
+    assert [done.finish_reason for _, done in s.observer.finished] == ["abort"]
+
+
+@pytest.mark.parametrize("limit", ["loose", "same_step"])
+def test_stop_string_cuts_the_text_and_frees_the_blocks(serve, kit, tokenizer, limit):
+    s = serve()
+    prompt = "Tell me a story about stop strings"
+    full = expect(kit, tokenizer, prompt, 40)
+    stop = full.text[12:15]
+    cut = full.text.find(stop)
+    assert cut > 0
+    # the step at which the stop string is complete
+    n = next(i for i in range(1, 41) if stop in tokenizer.decode(full.out[:i], skip_special_tokens=True))
+    max_tokens = 40 if limit == "loose" else n   # same_step: max_tokens ends it in that step too
+    sink = Sink()
+    s.service.submit("stop", prompt, SamplingParams(max_tokens=max_tokens, stop=["zzz", stop]), sink)
+    wait(sink)
+    assert sink.error is None
+    assert sink.text == full.text[:cut]
+    assert (sink.completion.finish_reason, sink.completion.num_output_tokens) == ("stop", n)
+    assert len(s.runner.steps) == n   # no step after the one that completed the stop string
+    kit.check_all_free(s.engine.scheduler)
+
+
+def test_runner_failure_fails_live_requests_and_service_recovers(serve, kit, tokenizer):
+    s = serve()
+    sinks = {rid: Sink() for rid in ("a", "b", "c")}
+    s.runner.fail_when = lambda out: len(out.chunks) == 3   # the step that has all three
+    submit_together(s, ("a", "Apple first prompt", SamplingParams(max_tokens=30), sinks["a"]),
+                    [(rid, f"{rid} later prompt", SamplingParams(max_tokens=30), sinks[rid]) for rid in ("b", "c")])
+    wait(*sinks.values())
+    for sink in sinks.values():
+        assert sink.completion is None
+        assert isinstance(sink.error, RuntimeError) and "injected" in str(sink.error)
+    assert s.service.num_live == 0
+    kit.check_all_free(s.engine.scheduler)
+
+    later = Sink()
+    s.service.submit("d", "Dog after the failure", SamplingParams(max_tokens=12), later)
+    wait(later)
+    assert later.error is None and later.completion.finish_reason == "length"
+    assert later.text == expect(kit, tokenizer, "Dog after the failure", 12).text
+
+
+def test_request_outgrowing_the_kv_cache_fails(serve, kit, tokenizer):
+    s = serve(num_kv_blocks=4)   # 16 tokens in all
+    sink, fine = Sink(), Sink()
+    s.service.submit("big", "Apple pie", SamplingParams(max_tokens=40), sink)
+    wait(sink)
+    assert isinstance(sink.error, RuntimeError) and "KV cache" in str(sink.error)
+    s.service.submit("small", "Apple pie", SamplingParams(max_tokens=3), fine)
+    wait(fine)
+    assert fine.text == expect(kit, tokenizer, "Apple pie", 3).text
+
+
+def test_full_waiting_queue_rejects_with_unavailable(serve, kit, tokenizer):
+    s = serve(max_waiting=1)
+    sinks = {rid: Sink() for rid in "abcd"}
+    submit_together(s, ("a", "a prompt", SamplingParams(max_tokens=5), sinks["a"]),
+                    [(rid, f"{rid} prompt", SamplingParams(max_tokens=5), sinks[rid]) for rid in "bcd"])
+    wait(*sinks.values())
+    for rid in "ab":   # a is running, b takes the one waiting place
+        assert sinks[rid].text == expect(kit, tokenizer, f"{rid} prompt", 5).text
+    for rid in "cd":
+        assert isinstance(sinks[rid].error, Unavailable) and sinks[rid].completion is None
+
+
+def test_bad_prompts_are_rejected_at_submit(serve):
+    s = serve(max_model_len=16)
+    sink = Sink()
+    with pytest.raises(InvalidInput, match="max_model_len 16"):
+        s.service.submit("long", "word " * 40, SamplingParams(max_tokens=4), sink)
+    with pytest.raises(InvalidInput, match="empty"):
+        s.service.submit("empty", "", SamplingParams(max_tokens=4), sink)
+    assert not sink.done.is_set() and s.runner.steps == []
+
+
+def test_shutdown_fails_queued_and_live_requests(serve):
+    s = serve()
+    live, queued, late = Sink(), Sink(), Sink()
+    s.runner.hold()                                   # park the first step
+    s.service.submit("live", "Live prompt", SamplingParams(max_tokens=30), live)
+    assert s.runner.blocked.wait(WAIT_S)
+    s.service.submit("queued", "Queued prompt", SamplingParams(max_tokens=30), queued)
+    s.service.shutdown(timeout=0.01)                  # the loop is parked: this only marks it stopping
+    assert s.service._thread.is_alive()
+    with pytest.raises(Unavailable):
+        s.service.submit("late", "Too late", SamplingParams(max_tokens=4), late)
+    s.runner.release()
+    s.service.shutdown(WAIT_S)
+    assert not s.service._thread.is_alive()
+    wait(live, queued)
+    for sink in (live, queued):
+        assert isinstance(sink.error, Unavailable) and sink.completion is None
+    assert not late.done.is_set()
+
+
+def test_observer_gets_every_callback(serve, kit):
+    s = serve()
+    sinks = [Sink(), Sink()]
+    submit_together(s, ("x", "Xylophone", SamplingParams(max_tokens=5), sinks[0]),
+                    [("y", "Yellow", SamplingParams(max_tokens=7), sinks[1])])
+    wait(*sinks)
+    obs = s.observer
+    assert len(obs.first_token) == 2
+    assert len(obs.inter_token) == 4 + 6
+    assert all(t >= 0 for t in obs.first_token + obs.inter_token)
+    assert sorted(c.num_output_tokens for _, c in obs.finished) == [5, 7]
+    assert Counter(c.finish_reason for _, c in obs.finished) == {"length": 2}
+    assert all(e2e >= 0 for e2e, _ in obs.finished)
+    assert obs.steps >= 7 and obs.steps >= len(s.runner.steps) - 1
+
+
+def test_a_broken_sink_fails_only_its_request(serve, kit, tokenizer):
+    s = serve()
+
+    class Broken(Sink):
+        def send_delta(self, text):
+            raise ConnectionError("client went away")
+
+    broken, fine = Broken(), Sink()
+    submit_together(s, ("broken", "Broken prompt", SamplingParams(max_tokens=20), broken),
+                    [("fine", "Fine prompt", SamplingParams(max_tokens=20), fine)])
+    wait(broken, fine)
+    assert isinstance(broken.error, ConnectionError)
+    assert fine.text == expect(kit, tokenizer, "Fine prompt", 20).text
+    kit.check_all_free(s.engine.scheduler)
+
+
+def test_generate_and_warmup(serve, kit, tokenizer):
+    s = serve()
+    s.service.warmup()
+    sink = s.service.generate("Hello there", SamplingParams(max_tokens=6), timeout=WAIT_S)
+    assert sink.text == expect(kit, tokenizer, "Hello there", 6).text
+    assert sink.completion.num_output_tokens == 6
