@@ -10,6 +10,9 @@ from tritonclient.grpc import model_config_pb2
 from tritonrag.defaults import EMBEDDING_DIM, ENSEMBLE_MODEL, GENERATOR_MODEL, RERANK_CANDIDATES
 from tritonrag.engine.config import EngineConfig
 from tritonrag.paths import MODEL_REPOSITORY, resolve_artifact
+from tritonrag.versioning import split_parameters, version_parameters
+
+ROUTER_MODEL = "generator_router"
 
 MODELS = sorted(p.parent.name for p in MODEL_REPOSITORY.glob("*/config.pbtxt"))
 
@@ -20,7 +23,8 @@ def load(name: str) -> model_config_pb2.ModelConfig:
 
 
 def test_every_stage_present():
-    assert set(MODELS) >= {"rag", "preprocess", "embedder", "retriever", "reranker", "prompt_builder", "generator"}
+    assert set(MODELS) >= {"rag", "preprocess", "embedder", "retriever", "reranker", "prompt_builder",
+                           ROUTER_MODEL, "generator"}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -44,16 +48,36 @@ def test_embedding_dim_agrees():
 
 
 def test_generator_parameters_are_engine_settings():
+    """Shared and per-version (`v<N>:<key>`) parameters are all engine settings, valid for every version."""
     config = load(GENERATOR_MODEL)
     assert config.backend == "tritonrag_llm" and config.model_transaction_policy.decoupled
+    params = {k: v.string_value for k, v in config.parameters.items()}
     known = {f.name for f in fields(EngineConfig)} | {"warmup"}
-    assert set(config.parameters) <= known, set(config.parameters) - known
-    engine = EngineConfig.from_parameters({k: v.string_value for k, v in config.parameters.items()})
-    assert engine.block_size > 0 and engine.max_num_seqs > 0
+    shared, overrides = split_parameters(params)
+    assert set(shared) <= known, set(shared) - known
+    for version, keys in overrides.items():
+        assert set(keys) <= known, (version, set(keys) - known)
+    versions = list(config.version_policy.specific.versions)
+    assert len(versions) >= 2 and set(overrides) <= set(versions)
+    for version in versions:
+        assert (MODEL_REPOSITORY / GENERATOR_MODEL / str(version)).is_dir(), f"version {version} has no folder"
+        engine = EngineConfig.from_parameters(version_parameters(params, version))
+        assert engine.block_size > 0 and engine.max_num_seqs > 0
+
+
+def test_router_serves_the_generator_versions():
+    router = load(ROUTER_MODEL)
+    assert router.model_transaction_policy.decoupled
+    params = {k: v.string_value for k, v in router.parameters.items()}
+    versions = set(load(GENERATOR_MODEL).version_policy.specific.versions)
+    assert params["target_model"] == GENERATOR_MODEL
+    assert {int(params["stable_version"]), int(params["canary_version"])} <= versions
+    generator_outputs = {t.name for t in load(GENERATOR_MODEL).output}
+    assert generator_outputs <= {t.name for t in router.output}
 
 
 def test_ensemble_wiring():
-    """Every step's inputs are ensemble inputs or earlier outputs; both public outputs come from the generator."""
+    """Every step's inputs are ensemble inputs or earlier outputs; the public outputs come from the router's stream."""
     ensemble = load(ENSEMBLE_MODEL)
     available = {tensor.name for tensor in ensemble.input}
     produced_by = {}
@@ -69,7 +93,7 @@ def test_ensemble_wiring():
             available.add(tensor)
             produced_by[tensor] = step.model_name
     for output in ensemble.output:
-        assert produced_by[output.name] == GENERATOR_MODEL
+        assert produced_by[output.name] == ROUTER_MODEL
 
 
 def test_artifact_paths_resolve_beside_repository(monkeypatch, tmp_path):

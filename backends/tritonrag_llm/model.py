@@ -19,8 +19,10 @@ from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.factory import build_service
 from tritonrag.engine.serving import Completion
 from tritonrag.errors import InvalidInput
+from tritonrag.paths import resolve_artifact
 from tritonrag.runtime import pick_device
 from tritonrag.sampling import SamplingParams
+from tritonrag.versioning import version_parameters
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -76,12 +78,16 @@ class TritonPythonModel:
     def initialize(self, args):
         if not pb_utils.using_decoupled_model_transaction_policy(json.loads(args["model_config"])):
             raise pb_utils.TritonModelException("tritonrag_llm needs `model_transaction_policy { decoupled: true }`")
-        params = triton_io.model_parameters(args)
+        # This version's view: shared parameters overridden by its own `v<N>:<key>` ones.
+        params = version_parameters(triton_io.model_parameters(args), args["model_version"])
+        if "model_dir" not in params:
+            raise pb_utils.TritonModelException("config.pbtxt parameter 'model_dir' is missing")
         config = EngineConfig.from_parameters(
             params,
-            model_dir=str(triton_io.artifact_parameter(args, "model_dir")),
+            model_dir=str(resolve_artifact(params["model_dir"], triton_io.repository_root(args))),
             device=pick_device(params.get("device", "auto")),
         )
+        pb_utils.Logger.log_info(f"tritonrag_llm {args['model_name']} version {args['model_version']}: {config}")
         labels = {"model": args["model_name"], "version": args["model_version"]}
         self.service = build_service(config, observer=TritonMetrics(labels))
         if params.get("warmup", "true").lower() == "true":
