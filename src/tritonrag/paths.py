@@ -22,6 +22,16 @@ def index_dir() -> Path:
     return artifacts_dir() / "index"
 
 
+def onnx_dir() -> Path:
+    """Exported ONNX graphs, one folder per model: <name>/model.onnx + meta.json (make onnx)."""
+    return artifacts_dir() / "onnx"
+
+
+def engines_dir() -> Path:
+    """TensorRT engines, keyed by what they were built from (make engines)."""
+    return artifacts_dir() / "engines"
+
+
 def resolve_artifact(value: str, model_repository: Path | str) -> Path:
     """Resolve a config.pbtxt path parameter.
 
