@@ -131,6 +131,7 @@ class GenerationService:
     """Owns an LLMEngine and drives it from a background thread."""
 
     IDLE_WAIT_S = 0.05
+    ABORT_TTL_S = 30.0      # an abort may arrive before its request; it waits this long
 
     def __init__(self, engine: LLMEngine, tokenizer, observer: Observer | None = None):
         self.engine = engine
@@ -141,6 +142,7 @@ class GenerationService:
         self._ids = itertools.count()
         self._lock = threading.Lock()       # submit vs shutdown: nothing is queued after the final drain
         self._stopping = threading.Event()
+        self._aborts: dict[str, float] = {}  # client request id -> when the abort expires unmatched
         self._thread = threading.Thread(target=self._loop, name="tritonrag-engine", daemon=True)
         self._thread.start()
 
@@ -162,6 +164,18 @@ class GenerationService:
             # Triton request ids are optional ("" for many clients) and need not be unique.
             key = f"{request_id}#{next(self._ids)}"
             self._inbox.put(_Submission(key, request_id, prompt_ids, sampling, sink, time.monotonic()))
+
+    def abort(self, request_id: str) -> None:
+        """Abort the requests submitted under this client id, as if their clients had cancelled.
+
+        For a caller that cannot cancel through the request itself: a router that started the
+        request with a BLS call (Triton's Python backend cannot cancel those). Takes effect
+        within one step; an id that matches nothing within ABORT_TTL_S is forgotten.
+        """
+        if not request_id:
+            raise InvalidInput("an abort needs the request id of the request to abort")
+        with self._lock:
+            self._aborts[request_id] = time.monotonic() + self.ABORT_TTL_S
 
     def generate(self, prompt: str, sampling: SamplingParams, timeout: float | None = None) -> CollectingSink:
         """Blocking convenience: submit, wait, return the finished sink."""
@@ -223,7 +237,8 @@ class GenerationService:
                 return
 
     def _add(self, item: _Submission) -> None:
-        if _is_cancelled(item.sink):   # never reaches the engine
+        if _is_cancelled(item.sink) or self._aborted(item.request_id):   # never reaches the engine
+            self._forget_aborts({item.request_id})
             completion = Completion(FinishReason.ABORT.value, len(item.prompt_ids), 0, 0)
             _call(item.sink.finish, "", completion)
             self._observe("on_finish", time.monotonic() - item.arrival, completion)
@@ -238,10 +253,25 @@ class GenerationService:
 
     def _drop_cancelled(self) -> int:
         """Abort requests whose client cancelled or went away; their blocks are freed at once."""
-        cancelled = [key for key, live in self._live.items() if _is_cancelled(live.sink)]
+        cancelled = [key for key, live in self._live.items()
+                     if _is_cancelled(live.sink) or self._aborted(live.request_id)]
+        matched = {self._live[key].request_id for key in cancelled}
         for key in cancelled:
             self._end(key, FinishReason.ABORT)
+        self._forget_aborts(matched)
         return len(cancelled)
+
+    def _aborted(self, request_id: str) -> bool:
+        with self._lock:
+            return request_id in self._aborts
+
+    def _forget_aborts(self, matched: set[str]) -> None:
+        """Drop aborts that found their requests, and those that waited ABORT_TTL_S in vain."""
+        now = time.monotonic()
+        with self._lock:
+            for request_id, expires in list(self._aborts.items()):
+                if request_id in matched or expires < now:
+                    del self._aborts[request_id]
 
     def _deliver(self, output: StepOutput) -> None:
         key = output.request_id
