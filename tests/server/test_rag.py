@@ -130,3 +130,10 @@ def test_server_keeps_serving_after_errors(client):
 def test_generator_rejects_bad_text_input(client):
     error = list(client.stream("generator", [bytes_input("text_input", b"\xff\xfe")]))[-1].error
     assert isinstance(error, InferenceServerException) and "UTF-8" in error.message()
+
+
+def test_compiled_stages_run_on_their_configured_runtime(server):
+    """make setup exports the embedder's ONNX graph, so it serves on ONNX Runtime, not a fallback."""
+    log = server.log_path.read_text(errors="replace")
+    assert '"embedder: runtime onnxruntime"' in log, "embedder did not report running on onnxruntime"
+    assert "embedder: runtime torch (configured" not in log

@@ -11,9 +11,18 @@ from tritonrag.runtime import pick_device
 
 class TritonPythonModel:
     def initialize(self, args):
+        """Pick the runtime (config `runtime`, `onnx_path`), log the choice and load it now, not on the first request."""
         params = triton_io.model_parameters(args)
         model_dir = embedder_model_dir(params["embedder_dir"], triton_io.repository_root(args))
-        self.embedder = Embedder(str(model_dir), device=pick_device(params.get("device", "auto")))
+        onnx_path = triton_io.artifact_parameter(args, "onnx_path") if params.get("onnx_path") else None
+        try:
+            self.embedder = Embedder(str(model_dir), device=pick_device(params.get("device", "auto")),
+                                     runtime=params.get("runtime", "torch"), onnx_path=onnx_path)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"embedder: {exc}") from exc
+        choice = self.embedder.runtime_choice
+        (pb_utils.Logger.log_warn if choice.fell_back else pb_utils.Logger.log_info)(f"embedder: {choice.describe()}")
+        self.embedder.runtime  # noqa: B018 - load the weights or the ONNX session now
 
     def execute(self, requests):
         """Pad the batch's token ids to its longest query, embed once, split per request."""

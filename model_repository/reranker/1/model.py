@@ -10,11 +10,23 @@ from tritonrag.runtime import pick_device
 
 class TritonPythonModel:
     def initialize(self, args):
+        """Build the configured reranker; a neural one (CrossEncoder, MaxSim) logs its runtime choice."""
         params = triton_io.model_parameters(args)
         checkpoint = params.get("checkpoint", "").strip()
         if checkpoint:
             checkpoint = str(triton_io.artifact_parameter(args, "checkpoint"))
-        self.reranker = Reranker.from_config(checkpoint or None, device=pick_device(params.get("device", "auto")))
+        onnx_path = triton_io.artifact_parameter(args, "onnx_path") if params.get("onnx_path") else None
+        try:
+            self.reranker = Reranker.from_config(checkpoint or None, device=pick_device(params.get("device", "auto")),
+                                                 runtime=params.get("runtime", "torch"), onnx_path=onnx_path)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"reranker: {exc}") from exc
+        choice = self.reranker.runtime_choice
+        if choice is None:
+            pb_utils.Logger.log_info(f"reranker: {self.reranker.name} (lexical, runs no model: runtime unused)")
+        else:
+            log = pb_utils.Logger.log_warn if choice.fell_back else pb_utils.Logger.log_info
+            log(f"reranker: {self.reranker.name}, {choice.describe()}")
 
     def execute(self, requests):
         """Rerank every request of the dynamic batch in one call."""
