@@ -4,9 +4,10 @@ Equivalent to SentenceTransformer(model_dir).encode(texts, normalize_embeddings=
 BERT forward pass, mean of the token states under the attention mask, L2 normalisation.
 It uses transformers directly, so serving does not import sentence-transformers.
 
-The forward pass runs on a configured runtime: `torch` (SentenceEmbedding below) or
-`onnxruntime` (the same module exported by tritonrag.onnx_export); `tensorrt` falls back
-with a logged reason until it is wired in. A runtime is a small object with one
+The forward pass runs on a configured runtime: `torch` (SentenceEmbedding below),
+`onnxruntime` (the same module exported by tritonrag.onnx_export) or, on a CUDA GPU,
+`tensorrt` (that graph compiled by `make engines`); one that cannot run here falls back
+with a logged reason. A runtime is a small object with one
 `run(feeds, outputs)` method, so another one slots in without touching the embedder.
 """
 
@@ -109,14 +110,24 @@ class Embedder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self._dim = int(AutoConfig.from_pretrained(self.model_dir).hidden_size)
         self.onnx_path = Path(onnx_path) if onnx_path else default_onnx_path()
-        self.runtime_choice = choose_runtime(runtime, device, self.onnx_path, self.model_dir, logger=log)
+        self.engine_path = None
+        if runtime == "tensorrt" and device == "cuda":
+            from tritonrag.trt_runtime import engine_or_none
+
+            self.engine_path = engine_or_none("embedder")
+        self.runtime_choice = choose_runtime(runtime, device, self.onnx_path, self.model_dir,
+                                             engine_path=self.engine_path, logger=log)
         self._runtime = None
 
     @property
     def runtime(self):
         """The chosen runtime, loaded on first use (a tokenizer-only Triton model never loads it)."""
         if self._runtime is None:
-            if self.runtime_choice.name == "onnxruntime":
+            if self.runtime_choice.name == "tensorrt":
+                from tritonrag.trt_runtime import TensorRTRuntime
+
+                self._runtime = TensorRTRuntime(self.engine_path, self.device)
+            elif self.runtime_choice.name == "onnxruntime":
                 self._runtime = OnnxRuntime(self.onnx_path, self.device)
             else:
                 self._runtime = TorchRuntime(SentenceEmbedding.load(self.model_dir, self.device), self.device)

@@ -316,12 +316,12 @@ def choose_runtime(requested: str, device: str, onnx_path: Path | None, checkpoi
 
     onnxruntime cannot when the graph's meta.json is missing or names other weights than
     checkpoint (a graph of another model would answer, silently wrong); tensorrt cannot
-    until a TensorRT runtime is wired in. A fallback is logged at WARNING with its reasons,
+    without an engine for this GPU (engine_path None). A fallback is logged at WARNING with its reasons,
     on the stage's logger ("tritonrag.embedder: runtime torch (configured onnxruntime: ...)").
     """
     artifacts = {"onnxruntime": onnx_path, "tensorrt": engine_path}
     choice = pick_runtime(requested, device, artifacts)
-    while (reason := _cannot_serve(choice.name, onnx_path, checkpoint)) is not None:
+    while (reason := _cannot_serve(choice.name, onnx_path, checkpoint, engine_path)) is not None:
         lower = pick_runtime(RUNTIMES[RUNTIMES.index(choice.name) - 1], device, artifacts)
         choice = RuntimeChoice(lower.name, choice.requested, choice.reasons + (reason,) + lower.reasons)
     if choice.fell_back:
@@ -330,9 +330,9 @@ def choose_runtime(requested: str, device: str, onnx_path: Path | None, checkpoi
     return choice
 
 
-def _cannot_serve(runtime: str, onnx_path: Path | None, checkpoint: Path) -> str | None:
-    if runtime == "tensorrt":
-        return "no TensorRT runtime is wired into this stage yet"
+def _cannot_serve(runtime: str, onnx_path: Path | None, checkpoint: Path, engine_path: Path | None) -> str | None:
+    if runtime == "tensorrt" and engine_path is None:
+        return "no TensorRT engine for this stage (make engines)"
     if runtime == "onnxruntime":
         return stale_reason(Path(onnx_path).parent, checkpoint, check_graph=False)
     return None

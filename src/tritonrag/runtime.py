@@ -55,8 +55,13 @@ def runtime_unavailable(runtime: str, device: str, artifact: Path | None) -> str
     """Why `runtime` cannot run on `device` with `artifact` (its ONNX graph or engine), or None."""
     if runtime == "torch":
         return None
-    if artifact is None or not Path(artifact).is_file():
-        return f"{runtime} needs {artifact or 'an artifact'}, which does not exist (build it: make onnx / make engines)"
+    if runtime == "tensorrt":   # what the machine lacks first: on a CPU host, the engine file is moot
+        if device != "cuda":
+            return "a TensorRT engine needs a CUDA GPU"
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError as exc:
+            return f"the tensorrt runtime is not installed ({exc})"
     if runtime == "onnxruntime":
         try:
             import onnxruntime
@@ -64,14 +69,9 @@ def runtime_unavailable(runtime: str, device: str, artifact: Path | None) -> str
             return f"onnxruntime is not installed ({exc})"
         if device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
-        return None
-    if runtime == "tensorrt":
-        if device != "cuda":
-            return "a TensorRT engine needs a CUDA GPU"
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError as exc:
-            return f"the tensorrt runtime is not installed ({exc})"
+    if runtime in ("onnxruntime", "tensorrt"):
+        if artifact is None or not Path(artifact).is_file():
+            return f"{runtime} needs {artifact or 'an artifact'}, which does not exist (build it: make onnx / make engines)"
         return None
     raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
 

@@ -184,3 +184,32 @@ def load_session(name: str, root: Path | None = None, backend: Backend | None = 
     """A session over the newest cached engine of `name` for this GPU (EngineNotFound if none)."""
     backend = backend or load_backend()
     return TrtSession(find_engine(name, root, backend), backend)
+
+
+def engine_or_none(name: str) -> Path | None:
+    """The cached engine of `name` for this GPU, or None with the reason logged (the stage falls back)."""
+    try:
+        return find_engine(name)
+    except Exception as exc:  # noqa: BLE001 - no GPU, no TensorRT, no engine: all mean "fall back"
+        log.warning("no TensorRT engine for %s: %s", name, exc)
+        return None
+
+
+class TensorRTRuntime:
+    """A stage runtime over a TrtSession: `run(feeds, outputs)` -> {output name: numpy array}.
+
+    The same interface as tritonrag.onnx_export.OnnxRuntime and the embedder's TorchRuntime,
+    so a stage swaps runtimes without knowing which one it has. GPU only.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: Path, device: str = "cuda") -> None:
+        self.session = TrtSession(engine_path, device=device)
+
+    def run(self, feeds: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+        import torch
+
+        values = self.session.run(list(outputs), feeds)
+        torch.cuda.current_stream(self.session.device).synchronize()
+        return {name: value.cpu().numpy() for name, value in zip(outputs, values)}
