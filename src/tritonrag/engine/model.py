@@ -6,12 +6,18 @@ T tokens; only attention looks at sequences, through `AttentionMetadata`:
 
     packed rows:  [ d0 d1 ... d(B-1) | p0 p0 p0 p0 | p1 p1 p1 ]
                     single-query seqs   prefill chunk 0   chunk 1
-                    (one batched SDPA)  (one SDPA each, causal offset mask)
+                    (SDPA per bucket)   (causal SDPA each, + its cached prefix)
 
 Keys and values are written to the cache at `slot_mapping` (slot = block * block_size
-+ offset) before attention, then read back through each sequence's block table, so a
-chunk that starts mid-sequence (prefix-cache hit, chunked prefill) sees its context.
++ offset) before attention. Decodes read their context back through their block tables,
+in buckets of similar length (each bucket padded only to its own longest context). A
+prefill chunk attends to its own keys directly (causal) and, when it starts mid-sequence
+(prefix-cache hit, chunked prefill), to its cached prefix read through the block table;
+the two parts are merged by their log-sum-exp.
 Numerics follow Hugging Face's LlamaForCausalLM (RMSNorm in fp32, rotate_half RoPE).
+
+On CPU the linear layers run on oneDNN-prepacked weights (`Linear.pack`), which measured
+1.2-2.8x faster than torch's default fp32 GEMM for these shapes on an AMD EPYC (Zen 4).
 """
 
 from __future__ import annotations
@@ -68,28 +74,48 @@ class LlamaConfig:
 
 
 @dataclass
+class DecodeBucket:
+    """Single-query sequences of similar context length, attended in one SDPA.
+
+    Keys are gathered through `block_tables`, padded to the bucket's longest context;
+    `mask` hides each row's padding.
+    """
+
+    rows: torch.Tensor | None       # [n] int64 packed rows; None = rows [0, n) in order
+    block_tables: torch.Tensor      # [n, NB] int64, padded with 0
+    mask: torch.Tensor              # [n, 1, 1, NB * block_size] bool, True = attend
+
+
+@dataclass
 class PrefillMeta:
-    """One multi-token chunk: packed rows [q_start, q_end) attend to positions [0, context_len)."""
+    """One multi-token chunk: packed rows [q_start, q_end), positions [context_len - q_len, context_len).
+
+    The chunk sees its own keys causally and every key of its cached prefix
+    [0, context_len - q_len), read through `prefix_block_ids` (None: the chunk starts at 0).
+    """
 
     q_start: int
     q_end: int
     context_len: int
-    block_ids: torch.Tensor        # [ceil(context_len / block_size)] int64
-    mask: torch.Tensor | None      # [q_len, context_len] bool, True = attend; None = plain causal
+    prefix_block_ids: torch.Tensor | None   # [ceil(prefix_len / block_size)] int64
+
+    @property
+    def prefix_len(self) -> int:
+        return self.context_len - (self.q_end - self.q_start)
 
 
 @dataclass
 class AttentionMetadata:
     """How the packed batch maps onto sequences and the paged cache; built once per step.
 
-    The first `num_decodes` packed rows are single-query sequences; the rest are the
-    prefill chunks, in order. `logits_indices` are the packed rows to compute logits for.
+    The first `num_decodes` packed rows are single-query sequences, grouped into
+    `decode_buckets`; the rest are the prefill chunks, in order. `logits_indices` are the
+    packed rows to compute logits for.
     """
 
     slot_mapping: torch.Tensor                 # [T] int64
     num_decodes: int
-    decode_block_tables: torch.Tensor | None   # [B, max_blocks] int64, padded with 0
-    decode_mask: torch.Tensor | None           # [B, 1, 1, max_blocks * block_size] bool
+    decode_buckets: list[DecodeBucket]
     prefills: list[PrefillMeta]
     logits_indices: torch.Tensor               # [N] int64
 
@@ -117,16 +143,13 @@ class AttentionMetadata:
             for slot in _slots(table, ctx - q_len, ctx, block_size)
         ]
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=device)
-        meta = cls(slot_mapping, num_decodes, None, None, [], torch.tensor(logits_indices, dtype=torch.long, device=device))
-        if num_decodes:
-            meta.decode_block_tables, meta.decode_mask = _decode_tables(
-                block_tables[:num_decodes], context_lens[:num_decodes], block_size, device
-            )
+        buckets = _decode_buckets(block_tables[:num_decodes], context_lens[:num_decodes], block_size, device)
+        meta = cls(slot_mapping, num_decodes, buckets, [], torch.tensor(logits_indices, dtype=torch.long, device=device))
         row = num_decodes
         for q_len, ctx, table in zip(query_lens[num_decodes:], context_lens[num_decodes:], block_tables[num_decodes:]):
-            num_blocks = -(-ctx // block_size)
-            block_ids = torch.tensor(table[:num_blocks], dtype=torch.long, device=device)
-            meta.prefills.append(PrefillMeta(row, row + q_len, ctx, block_ids, _causal_mask(q_len, ctx, device)))
+            prefix = ctx - q_len
+            block_ids = torch.tensor(table[: -(-prefix // block_size)], dtype=torch.long, device=device) if prefix else None
+            meta.prefills.append(PrefillMeta(row, row + q_len, ctx, block_ids))
             row += q_len
         return meta
 
@@ -136,22 +159,50 @@ def _slots(table: list[int], start: int, end: int, block_size: int) -> list[int]
     return [table[p // block_size] * block_size + p % block_size for p in range(start, end)]
 
 
-def _decode_tables(tables: list[list[int]], context_lens: list[int], block_size: int, device):
-    """Block tables padded to the longest [B, NB] and the key mask [B, 1, 1, NB * block_size]."""
-    width = max(-(-ctx // block_size) for ctx in context_lens)
-    padded = [t[:width] + [0] * (width - min(len(t), width)) for t in tables]
-    block_tables = torch.tensor(padded, dtype=torch.long, device=device)                 # [B, NB]
-    lens = torch.tensor(context_lens, device=device)
-    mask = torch.arange(width * block_size, device=device)[None, :] < lens[:, None]    # [B, L]
-    return block_tables, mask[:, None, None, :]
+# The fixed cost of one more bucket (per layer: a handful of op dispatches, ~0.1 ms) in
+# padded blocks gathered and attended over (~8 us each, fp32, block size 16, 2-core CPU);
+# 4 and 16 measured alike at concurrency 32, the larger one means fewer, bigger ops.
+BUCKET_COST_BLOCKS = 16
+MAX_BUCKET_SPAN = 64    # sequences per bucket considered by the split search (keeps it O(B * 64))
 
 
-def _causal_mask(q_len: int, context_len: int, device) -> torch.Tensor | None:
-    """Query i sits at position context_len - q_len + i and sees keys at positions <= its own."""
-    if q_len == context_len:
-        return None
-    q_pos = torch.arange(context_len - q_len, context_len, device=device)
-    return torch.arange(context_len, device=device)[None, :] <= q_pos[:, None]
+def _decode_buckets(tables: list[list[int]], context_lens: list[int], block_size: int, device) -> list[DecodeBucket]:
+    """Group decodes by context length so each bucket pads only to its own longest context.
+
+    Padding everything to the batch's longest context gathered and attended over ~1.7x
+    the real keys at concurrency 32 (contexts 32..1280); buckets cut that to ~1.05x.
+    """
+    if not tables:
+        return []
+    widths = [-(-ctx // block_size) for ctx in context_lens]
+    order = sorted(range(len(widths)), key=widths.__getitem__)
+    spans = _split_sorted([widths[i] for i in order], BUCKET_COST_BLOCKS)
+    buckets = []
+    for start, end in spans:
+        members = order[start:end]
+        width = widths[members[-1]]
+        padded = [tables[i][:width] + [0] * (width - min(len(tables[i]), width)) for i in members]
+        lens = torch.tensor([context_lens[i] for i in members], device=device)
+        mask = torch.arange(width * block_size, device=device)[None, :] < lens[:, None]     # [n, L]
+        rows = None if members == list(range(len(members))) else torch.tensor(members, dtype=torch.long, device=device)
+        buckets.append(DecodeBucket(rows, torch.tensor(padded, dtype=torch.long, device=device), mask[:, None, None, :]))
+    return buckets
+
+
+def _split_sorted(widths: list[int], bucket_cost: int) -> list[tuple[int, int]]:
+    """Cut ascending `widths` into spans [i, j) minimising sum((j - i) * widths[j - 1]) + bucket_cost per span."""
+    n = len(widths)
+    best, cut = [0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - MAX_BUCKET_SPAN), j):
+            cost = best[i] + (j - i) * widths[j - 1] + bucket_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    spans, j = [], n
+    while j:
+        spans.append((cut[j], j))
+        j = cut[j]
+    return spans[::-1]
 
 
 def rope_table(head_dim: int, theta: float, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +217,44 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x: [T, H, D]; cos, sin: [T, 1, D]. rotate_half convention (first half, second half)."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Linear(nn.Linear):
+    """nn.Linear that, once `pack`ed, multiplies with a oneDNN-prepacked copy of its weight.
+
+    The plain weight stays the parameter: state_dict, tracing and export (ONNX) see an
+    ordinary Linear, and any input that is not a plain CPU tensor takes F.linear.
+    """
+
+    packed: torch.Tensor | None = None
+
+    def pack(self) -> None:
+        self.packed = pack_weight(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.packed, self.bias)
+
+
+def can_prepack(weight: torch.Tensor) -> bool:
+    """oneDNN's prepacked GEMM exists for fp32 (and bf16 where the CPU has it), CPU only."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if weight.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype == torch.float32
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """weight [out, in] reordered into oneDNN's blocked layout (an opaque mkldnn tensor)."""
+    with torch.no_grad():
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None = None, bias=None) -> torch.Tensor:
+    """x @ weight.T (+ bias), on the prepacked weight when there is one and x is an eager CPU tensor."""
+    if packed is None or type(x) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
 
 
 class RMSNorm(nn.Module):
@@ -189,8 +278,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.group = cfg.num_heads // cfg.num_kv_heads
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=False)
-        self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
+        self.qkv_proj = Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=False)
+        self.o_proj = Linear(q_size, cfg.hidden_size, bias=False)
 
     def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
         # x: [T, hidden]; cos, sin: [T, 1, D]; k_cache, v_cache: [num_blocks, block_size, KVH, D]
@@ -201,32 +290,68 @@ class Attention(nn.Module):
         v = qkv[:, (H + KVH) * D :].view(T, KVH, D)
         k_cache.view(-1, KVH, D).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, KVH, D).index_copy_(0, meta.slot_mapping, v)
-        outs = []
-        if meta.num_decodes:
-            outs.append(self._decode(q[: meta.num_decodes], k_cache, v_cache, meta))
+        o = x.new_empty(T, H * D)
+        for bucket in meta.decode_buckets:
+            self._decode(q, k_cache, v_cache, bucket, o)
         for p in meta.prefills:
-            outs.append(self._prefill(q[p.q_start : p.q_end], k_cache, v_cache, p))
-        o = outs[0] if len(outs) == 1 else torch.cat(outs)          # [T, H D]
+            rows = slice(p.q_start, p.q_end)
+            o[rows] = self._prefill(q[rows], k[rows], v[rows], k_cache, v_cache, p)
         return self.o_proj(o)
 
-    def _decode(self, q, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
-        # q: [B, H, D] -> one SDPA over keys gathered into [B, KVH, L, D], L = max_blocks * block_size
-        B, KVH, D = q.shape[0], self.num_kv_heads, self.head_dim
-        k, v = self.scratch.gather(k_cache, v_cache, meta.decode_block_tables)   # [B, L, KVH, D]
-        q = q.view(B, KVH, self.group, D)                            # query heads of one KV head side by side
-        o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=meta.decode_mask)
-        return o.reshape(B, -1)
+    def _decode(self, q, k_cache, v_cache, bucket: DecodeBucket, o: torch.Tensor) -> None:
+        # one SDPA for the bucket's n single-query rows over keys gathered into [n, KVH, L, D]
+        n, KVH, D = bucket.block_tables.shape[0], self.num_kv_heads, self.head_dim
+        qb = q[:n] if bucket.rows is None else q.index_select(0, bucket.rows)
+        k, v = self.scratch.gather(k_cache, v_cache, bucket.block_tables)   # [n, L, KVH, D]
+        qb = qb.view(n, KVH, self.group, D)                          # query heads of one KV head side by side
+        ob = F.scaled_dot_product_attention(qb, k.transpose(1, 2), v.transpose(1, 2), attn_mask=bucket.mask)
+        if bucket.rows is None:
+            o[:n] = ob.reshape(n, -1)
+        else:
+            o.index_copy_(0, bucket.rows, ob.reshape(n, -1))
 
-    def _prefill(self, q, k_cache, v_cache, p: PrefillMeta) -> torch.Tensor:
-        # q: [Tq, H, D]; keys and values of positions [0, context_len): [C, KVH, D]
-        k, v = self.scratch.gather(k_cache, v_cache, p.block_ids[None])
-        k, v = k[:, : p.context_len], v[:, : p.context_len]
-        # 4-D [1, heads, len, D] inputs take torch's flash kernel on CPU (3-D falls back to the math path)
-        o = F.scaled_dot_product_attention(
-            q[None].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=p.mask, is_causal=p.mask is None, enable_gqa=True,
-        )                                                            # [1, H, Tq, D]
-        return o[0].transpose(0, 1).reshape(q.shape[0], -1)
+    def _prefill(self, q, k, v, k_cache, v_cache, p: PrefillMeta) -> torch.Tensor:
+        # q: [Tq, H, D]; k, v: the chunk's own [Tq, KVH, D]; the prefix is read from the cache
+        Tq = q.shape[0]
+        if p.prefix_block_ids is None:
+            # 4-D [1, heads, len, D] inputs take torch's flash kernel on CPU (3-D falls back to the math path)
+            o = F.scaled_dot_product_attention(
+                q[None].transpose(1, 2), k[None].transpose(1, 2), v[None].transpose(1, 2), is_causal=True, enable_gqa=True,
+            )                                                        # [1, H, Tq, D]
+            return o[0].transpose(0, 1).reshape(Tq, -1)
+        pk, pv = self.scratch.gather(k_cache, v_cache, p.prefix_block_ids[None])
+        pk, pv = pk[0, : p.prefix_len], pv[0, : p.prefix_len]        # [P, KVH, D]
+        return attend_with_prefix(q, k, v, pk, pv).reshape(Tq, -1)
+
+
+def attend_with_prefix(q, k, v, prefix_k, prefix_v) -> torch.Tensor:
+    """Attention of chunk queries q [Tq, H, D] over prefix keys (all visible) then their own (causal).
+
+    On CPU this is two flash-attention calls without a mask, merged by log-sum-exp: a
+    masked call over [P + Tq] keys cannot skip the masked half and took ~1.2x as long.
+    Elsewhere, one SDPA with the equivalent mask. Returns [Tq, H, D].
+    """
+    Tq, H, D = q.shape
+    P, KVH = prefix_k.shape[0], prefix_k.shape[1]
+    G = H // KVH
+    if q.device.type != "cpu":
+        keys, values = torch.cat((prefix_k, k)), torch.cat((prefix_v, v))
+        mask = torch.ones(Tq, P + Tq, dtype=torch.bool, device=q.device).tril(P)
+        o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys.transpose(0, 1)[None],
+                                           values.transpose(0, 1)[None], attn_mask=mask, enable_gqa=True)
+        return o[0].transpose(0, 1)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    # GQA as a batch of G: query heads [G, KVH, Tq, D] against their KV head, broadcast over G
+    qg = q.view(Tq, KVH, G, D).permute(2, 1, 0, 3)
+
+    def heads(x):
+        return x.transpose(0, 1)[None].expand(G, -1, -1, -1)        # [G, KVH, len, D]
+
+    o1, lse1 = flash(qg, heads(prefix_k), heads(prefix_v), 0.0, False)
+    o2, lse2 = flash(qg, heads(k), heads(v), 0.0, True)
+    lse = torch.logaddexp(lse1, lse2)                                # [G, KVH, Tq]
+    o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
+    return o.to(q.dtype).permute(2, 1, 0, 3).reshape(Tq, H, D)
 
 
 class GatherScratch:
@@ -260,12 +385,12 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))
 
 
 class DecoderLayer(nn.Module):
@@ -291,7 +416,8 @@ class LlamaModel(nn.Module):
         self.scratch = GatherScratch()
         self.layers = nn.ModuleList(DecoderLayer(cfg, self.scratch) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tied_head_packed: torch.Tensor | None = None   # the embedding as a prepacked lm_head, set by prepack
         self.rope_cos: torch.Tensor | None = None   # [max_positions, D], set by init_rope
         self.rope_sin: torch.Tensor | None = None
 
@@ -314,8 +440,20 @@ class LlamaModel(nn.Module):
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         x = self.norm(x[meta.logits_indices])                                            # [N, hidden]
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight)                                                        # [N, vocab]
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        return linear(x, self.embed_tokens.weight, self.tied_head_packed)               # [N, vocab]
+
+    def prepack(self) -> bool:
+        """Put every linear layer (and the tied lm_head) on oneDNN-prepacked weights; False where unsupported."""
+        if not can_prepack(self.embed_tokens.weight):
+            return False
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.pack()
+        if self.lm_head is None:
+            self.tied_head_packed = pack_weight(self.embed_tokens.weight)
+        return True
 
 
 def load_llama(
@@ -323,8 +461,13 @@ def load_llama(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     max_positions: int | None = None,
+    prepack: bool = True,
 ) -> LlamaModel:
-    """Build the decoder from a Hugging Face Llama checkpoint (config.json + *.safetensors)."""
+    """Build the decoder from a Hugging Face Llama checkpoint (config.json + *.safetensors).
+
+    `prepack` puts the linear layers on oneDNN-prepacked weights where supported (CPU,
+    fp32 or bf16), at the cost of a second copy of the weights in memory.
+    """
     model_dir = Path(model_dir)
     cfg = LlamaConfig.from_dir(model_dir)
     files = sorted(model_dir.glob("*.safetensors"))
@@ -338,6 +481,8 @@ def load_llama(
     state = _fuse_weights(hf, cfg)
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
     model.init_rope(max(max_positions or 0, cfg.max_position_embeddings))
+    if prepack:
+        model.prepack()
     return model.eval()
 
 

@@ -1,0 +1,128 @@
+"""The decoder's attention paths and prepacked linears against plain reference computations.
+
+No weights needed: a two-layer toy config with random weights and a random paged cache,
+so every path (bucketed decodes, a chunk from position 0, a chunk after a cached prefix)
+is checked against one SDPA per sequence over that sequence's own keys.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritonrag.engine import model as model_mod
+from tritonrag.engine.model import (
+    Attention, AttentionMetadata, GatherScratch, LlamaConfig, Linear, _split_sorted, attend_with_prefix, can_prepack,
+)
+
+CFG = LlamaConfig(vocab_size=64, hidden_size=96, intermediate_size=128, num_layers=2, num_heads=6, num_kv_heads=2,
+                  head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=512,
+                  tie_word_embeddings=True)
+BLOCK_SIZE = 4
+NUM_BLOCKS = 400
+
+
+def test_split_sorted_trades_padding_against_bucket_cost():
+    widths = [1, 1, 2, 9, 10, 10]
+    assert _split_sorted(widths, 10**9) == [(0, 6)]
+    assert _split_sorted(widths, 0) == [(0, 2), (2, 3), (3, 4), (4, 6)]
+    # cost 4: padding 1 and 2 up to 10 would waste 8 + 9 blocks; two buckets cost 4 more
+    assert _split_sorted(widths, 4) == [(0, 3), (3, 6)]
+
+
+def test_split_sorted_spans_cover_every_index_once():
+    rng = random.Random(1)
+    for _ in range(20):
+        widths = sorted(rng.randint(1, 80) for _ in range(rng.randint(1, 40)))
+        spans = _split_sorted(widths, rng.choice([0, 4, 16, 1000]))
+        assert [i for a, b in spans for i in range(a, b)] == list(range(len(widths)))
+
+
+def _sequences(rng: random.Random, contexts: list[int]) -> list[list[int]]:
+    free = list(range(NUM_BLOCKS))
+    rng.shuffle(free)
+    return [[free.pop() for _ in range(-(-ctx // BLOCK_SIZE))] for ctx in contexts]
+
+
+def test_decode_buckets_cover_each_decode_once_with_its_own_context():
+    rng = random.Random(0)
+    contexts = [3, 70, 5, 130, 66, 9, 4, 128]
+    tables = _sequences(rng, contexts)
+    meta = AttentionMetadata.build([1] * len(contexts), contexts, tables, BLOCK_SIZE, [0], "cpu")
+    assert len(meta.decode_buckets) > 1, "contexts this far apart should not share one padded bucket"
+    seen = []
+    for bucket in meta.decode_buckets:
+        rows = list(range(bucket.block_tables.shape[0])) if bucket.rows is None else bucket.rows.tolist()
+        for i, row in enumerate(rows):
+            width = -(-contexts[row] // BLOCK_SIZE)
+            assert bucket.block_tables[i, :width].tolist() == tables[row][:width]
+            assert int(bucket.mask[i].sum()) == contexts[row]
+        seen += rows
+    assert sorted(seen) == list(range(len(contexts)))
+
+
+def _reference(q, k_seq, v_seq, q_positions) -> torch.Tensor:
+    """One sequence: q [Tq, H, D] over its keys [C, KVH, D], query i seeing keys <= q_positions[i]."""
+    mask = torch.arange(k_seq.shape[0])[None, :] <= q_positions[:, None]
+    o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_seq.transpose(0, 1)[None], v_seq.transpose(0, 1)[None],
+                                       attn_mask=mask, enable_gqa=True)
+    return o[0].transpose(0, 1)
+
+
+@pytest.mark.parametrize("bucket_cost", [0, 16, 10**9])
+def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, bucket_cost):
+    """Decodes of very different lengths, a chunk from position 0 and a chunk after a cached prefix, packed together."""
+    monkeypatch.setattr(model_mod, "BUCKET_COST_BLOCKS", bucket_cost)
+    torch.manual_seed(0)
+    rng = random.Random(2)
+    H, KVH, D = CFG.num_heads, CFG.num_kv_heads, CFG.head_dim
+    attn = Attention(CFG, GatherScratch()).eval()
+    # (query_len, context_len): four decodes, a fresh 9-token chunk, a 7-token chunk after 21 cached tokens
+    plan = [(1, 3), (1, 57), (1, 16), (1, 130), (9, 9), (7, 28)]
+    tables = _sequences(rng, [ctx for _, ctx in plan])
+    k_cache = torch.randn(NUM_BLOCKS, BLOCK_SIZE, KVH, D)
+    v_cache = torch.randn(NUM_BLOCKS, BLOCK_SIZE, KVH, D)
+    T = sum(q for q, _ in plan)
+    x = torch.randn(T, CFG.hidden_size)
+    positions = torch.cat([torch.arange(ctx - q, ctx) for q, ctx in plan])
+    cos, sin = (t[positions][:, None] for t in model_mod.rope_table(D, CFG.rope_theta, 512))
+    meta = AttentionMetadata.build([q for q, _ in plan], [c for _, c in plan], tables, BLOCK_SIZE, [0], "cpu")
+    with torch.inference_mode():
+        got = attn(x, cos, sin, k_cache, v_cache, meta)                         # writes this step's K/V too
+        qkv = attn.qkv_proj(x)
+        q = model_mod.apply_rope(qkv[:, : H * D].view(T, H, D), cos, sin)
+        expected, row = [], 0
+        for (q_len, ctx), table in zip(plan, tables):
+            slots = torch.tensor([table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(ctx)])
+            k_seq, v_seq = k_cache.view(-1, KVH, D)[slots], v_cache.view(-1, KVH, D)[slots]
+            expected.append(_reference(q[row : row + q_len], k_seq, v_seq, positions[row : row + q_len]))
+            row += q_len
+        want = attn.o_proj(torch.cat(expected).reshape(T, H * D))
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_prefix_merge_equals_one_masked_sdpa():
+    torch.manual_seed(3)
+    Tq, P, H, KVH, D = 13, 29, 6, 2, 16
+    q, k, v = torch.randn(Tq, H, D), torch.randn(Tq, KVH, D), torch.randn(Tq, KVH, D)
+    pk, pv = torch.randn(P, KVH, D), torch.randn(P, KVH, D)
+    want = _reference(q, torch.cat((pk, k)), torch.cat((pv, v)), torch.arange(P, P + Tq))
+    torch.testing.assert_close(attend_with_prefix(q, k, v, pk, pv), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not can_prepack(torch.empty(1)), reason="oneDNN prepacked fp32 GEMM is not available in this torch build")
+def test_prepacked_linear_matches_f_linear_and_traces_as_a_plain_linear():
+    torch.manual_seed(4)
+    layer = Linear(96, 160, bias=False)
+    x = torch.randn(5, 96)
+    want = F.linear(x, layer.weight)
+    layer.pack()
+    assert layer.packed is not None
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), want, atol=1e-4, rtol=1e-5)
+    exported = torch.export.export(layer, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert any("linear" in t for t in targets) and not any("mkldnn" in t for t in targets), targets
