@@ -53,11 +53,24 @@ class Exporter:
     what: str
 
 
-# The hook for more graphs: the generator step's exporter adds
-#   "generator": Exporter(export_generator_step, generator_weights_dir, "SmolLM2 forward step -> logits, KV"),
+def _generator_dir() -> Path:
+    from tritonrag.paths import generator_weights_dir
+
+    return generator_weights_dir()
+
+
+def _export_generator(checkpoint: Path, out_dir: Path) -> dict:
+    from tritonrag.engine.onnx_step import export_generator_step
+
+    export_generator_step(checkpoint, out_dir)
+    return read_meta(out_dir)
+
+
 EXPORTERS: dict[str, Exporter] = {
     "embedder": Exporter(export_embedder, _embedder_dir, "all-MiniLM-L6-v2 -> embedding [B, 384], token_states"),
     "reranker": Exporter(export_cross_encoder, lambda: None, "a CrossEncoder directory -> score [B]"),
+    "generator": Exporter(_export_generator, _generator_dir,
+                          "SmolLM2 forward step over the paged KV cache -> logits, new K/V (fp32)"),
 }
 
 

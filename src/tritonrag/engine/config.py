@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from tritonrag.runtime import RUNTIMES
+
 
 @dataclass
 class EngineConfig:
@@ -21,11 +23,16 @@ class EngineConfig:
     max_waiting: int = 256               # bounded waiting queue; more is rejected
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    num_threads: int = 0                 # torch intra-op threads; 0 = leave torch's default
+    num_threads: int = 0                 # intra-op threads (torch, and ONNX Runtime's); 0 = their defaults
+    runtime: str = "torch"               # torch, onnxruntime or tensorrt (tritonrag.runtime.pick_runtime)
+    onnx_path: str = ""                  # the exported step graph, for runtime onnxruntime
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        self.runtime = self.runtime.strip().lower()
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -1,4 +1,9 @@
-"""Model runner: owns the weights and the paged KV cache, turns a SchedulerOutput into logits."""
+"""Model runners: own the weights and the paged KV cache, turn a SchedulerOutput into logits.
+
+`PagedRunner` is what every runtime shares (KV pool sizing and allocation, EOS ids, the
+order in which chunks are packed); `ModelRunner` runs our torch Llama on it. The ONNX
+Runtime runner (tritonrag.engine.onnx_step) is a sibling over the same pool layout.
+"""
 
 from __future__ import annotations
 
@@ -17,36 +22,41 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelRunner:
-    """Runs one engine step: packs the scheduled chunks, runs the model, returns sampling logits.
+class PagedRunner:
+    """KV pool and bookkeeping common to every runtime; subclasses implement `execute`.
 
     The KV cache is one tensor [layers, 2 (K, V), num_blocks, block_size, kv_heads, head_dim];
     the scheduler hands out block ids in [0, num_kv_blocks).
     """
 
+    runtime = "none"
+
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        if config.num_threads > 0:
+        if config.num_threads > 0:   # torch's ops around the model (KV writes, sampling) too, whatever the runtime
             torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.model_config = LlamaConfig.from_dir(config.model_dir)
-        self.model = load_llama(config.model_dir, self.dtype, self.device, max_positions=config.max_model_len)
         self.block_size = config.block_size
         self.num_kv_blocks = config.num_kv_blocks or config.kv_cache_memory_bytes // self.bytes_per_block
         if self.num_kv_blocks < 1:
             raise ValueError(
                 f"kv_cache_memory_bytes={config.kv_cache_memory_bytes} is less than one block ({self.bytes_per_block} bytes)"
             )
+        self.eos_token_ids = _eos_token_ids(Path(config.model_dir))
+
+    def allocate_kv_cache(self) -> torch.Tensor:
+        """The zeroed pool [L, 2, num_blocks, block_size, KVH, D] in the runner's dtype and device."""
         cfg = self.model_config
-        self.kv_cache = torch.zeros(
+        return torch.zeros(
             cfg.num_layers, 2, self.num_kv_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim,
             dtype=self.dtype, device=self.device,
         )
-        self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
-        self.eos_token_ids = _eos_token_ids(Path(config.model_dir))
-        log.info("model runner: %s %s, %d KV blocks of %d tokens (%.1f MiB)", config.dtype, self.device,
-                 self.num_kv_blocks, self.block_size, self.num_kv_blocks * self.bytes_per_block / 2**20)
+
+    def log_ready(self) -> None:
+        log.info("model runner (%s): %s %s, %d KV blocks of %d tokens (%.1f MiB)", self.runtime, self.config.dtype,
+                 self.device, self.num_kv_blocks, self.block_size, self.num_kv_blocks * self.bytes_per_block / 2**20)
 
     @property
     def vocab_size(self) -> int:
@@ -59,18 +69,31 @@ class ModelRunner:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         return 2 * cfg.num_layers * self.block_size * cfg.num_kv_heads * cfg.head_dim * itemsize
 
+    def empty_logits(self) -> torch.Tensor:
+        return torch.empty(0, self.vocab_size)
+
+    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ModelRunner(PagedRunner):
+    """Runs one engine step with our torch Llama: packs the scheduled chunks, returns sampling logits."""
+
+    runtime = "torch"
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self.model = load_llama(config.model_dir, self.dtype, self.device, max_positions=config.max_model_len)
+        self.kv_cache = self.allocate_kv_cache()
+        self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
+        self.log_ready()
+
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
         """Logits [number of sampling chunks, vocab] in float32, in chunk order."""
         if out.is_empty:
-            return torch.empty(0, self.vocab_size)
-        # Single-query chunks go first so attention can batch them; logits keep chunk order.
-        chunks = [c for c in out.chunks if c.num_new_tokens == 1] + [c for c in out.chunks if c.num_new_tokens != 1]
-        last_row, row = {}, 0
-        for chunk in chunks:
-            row += chunk.num_new_tokens
-            last_row[id(chunk)] = row - 1
-        logits_rows = [last_row[id(c)] for c in out.chunks if c.samples]
-        input_ids, positions = _pack(chunks)
+            return self.empty_logits()
+        chunks, logits_rows = order_chunks(out)
+        input_ids, positions = pack_tokens(chunks)
         meta = AttentionMetadata.build(
             query_lens=[c.num_new_tokens for c in chunks],
             context_lens=[c.end for c in chunks],
@@ -83,7 +106,18 @@ class ModelRunner:
         return logits.float()
 
 
-def _pack(chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:
+def order_chunks(out: SchedulerOutput) -> tuple[list[ScheduledChunk], list[int]]:
+    """Chunks in packing order (single-query ones first, so attention can batch them) and
+    the packed row of each sampling chunk's last token, in the scheduler's chunk order."""
+    chunks = [c for c in out.chunks if c.num_new_tokens == 1] + [c for c in out.chunks if c.num_new_tokens != 1]
+    last_row, row = {}, 0
+    for chunk in chunks:
+        row += chunk.num_new_tokens
+        last_row[id(chunk)] = row - 1
+    return chunks, [last_row[id(c)] for c in out.chunks if c.samples]
+
+
+def pack_tokens(chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and positions [T] of the chunks, concatenated."""
     ids, positions = [], []
     for chunk in chunks:
