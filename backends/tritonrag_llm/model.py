@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag import triton_io
 from tritonrag.engine.config import EngineConfig
-from tritonrag.engine.factory import build_service
+from tritonrag.engine.factory import build_service, choose_runtime
 from tritonrag.engine.serving import Completion
 from tritonrag.errors import InvalidInput
 from tritonrag.paths import resolve_artifact
@@ -82,19 +82,24 @@ class TritonPythonModel:
         params = version_parameters(triton_io.model_parameters(args), args["model_version"])
         if "model_dir" not in params:
             raise pb_utils.TritonModelException("config.pbtxt parameter 'model_dir' is missing")
-        config = EngineConfig.from_parameters(
-            params,
-            model_dir=str(resolve_artifact(params["model_dir"], triton_io.repository_root(args))),
-            device=pick_device(params.get("device", "auto")),
-        )
-        pb_utils.Logger.log_info(f"tritonrag_llm {args['model_name']} version {args['model_version']}: {config}")
+        root = triton_io.repository_root(args)
+        paths = {key: str(resolve_artifact(params[key], root)) for key in ("model_dir", "onnx_path") if params.get(key)}
+        config = EngineConfig.from_parameters(params, device=pick_device(params.get("device", "auto")), **paths)
+        name = f"tritonrag_llm {args['model_name']} version {args['model_version']}"
+        pb_utils.Logger.log_info(f"{name}: {config}")
+        choice = choose_runtime(config)
+        log = pb_utils.Logger.log_warn if choice.fell_back else pb_utils.Logger.log_info
+        log(f"{name}: {choice.describe()}")
         labels = {"model": args["model_name"], "version": args["model_version"]}
-        self.service = build_service(config, observer=TritonMetrics(labels))
+        self.service = build_service(config, observer=TritonMetrics(labels), choice=choice)
         if params.get("warmup", "true").lower() == "true":
             self.service.warmup()
 
     def execute(self, requests):
         for request in requests:
+            if pb_utils.get_input_tensor_by_name(request, "abort_request_id") is not None:
+                self._abort(request)
+                continue
             try:
                 sink = TritonSink(
                     request,
@@ -115,6 +120,17 @@ class TritonPythonModel:
             except Exception as exc:  # noqa: BLE001 - that request's error; the server keeps serving
                 sink.fail(exc)
         return None
+
+    def _abort(self, request) -> None:
+        """A router's cancel of a request it started with BLS: end that request within a step."""
+        sender = request.get_response_sender()
+        try:
+            abort_id = triton_io.bytes_input(request, "abort_request_id")
+            self.service.abort(abort_id.decode("utf-8", errors="replace"))
+        except Exception as exc:  # noqa: BLE001 - e.g. an empty id: that control request's error
+            sender.send(triton_io.error_response(exc), flags=FINAL)
+            return
+        sender.send(flags=FINAL)
 
     def finalize(self):
         self.service.shutdown()

@@ -203,11 +203,13 @@ def test_keyless_split_is_random(server, streams, weights_file):
     assert 8 <= versions.count(2) <= 32
 
 
-def test_cancelled_routed_stream_drains_and_the_router_keeps_serving(server, streams):
-    """Triton 2.51's Python backend cannot cancel a BLS request: the caller's stream ends, the
-    generator's request runs to max_tokens and is dropped; nothing leaks and serving goes on."""
+def test_cancelled_routed_stream_aborts_the_generator_request(server, streams):
+    """The router cannot cancel its BLS request, so it sends the generator an abort by request id:
+    the sequence ends as `abort` (not `length`), its blocks are freed, serving goes on."""
+    aborted = lambda: metric(server, "tritonrag_request_success_total", finished_reason="abort", version="1", **GEN)  # noqa: E731
+    before = aborted()
     victim = StreamingClient(server.grpc_url)
-    request_id = victim.send(ROUTER, router_inputs("Count:", {"max_tokens": 64, "ignore_eos": True}))
+    request_id = victim.send(ROUTER, router_inputs("Count:", {"max_tokens": 1500, "ignore_eos": True}))
     received = 0
     for event in victim.receive(request_id, timeout=120):
         received += bool(event.text)
@@ -215,6 +217,9 @@ def test_cancelled_routed_stream_drains_and_the_router_keeps_serving(server, str
             break
     victim.client.stop_stream(cancel_requests=True)
     victim.client.close()
-    assert streams.one(router_inputs()).version == 1
-    assert wait_for(lambda: metric(server, "tritonrag_num_requests_running", **GEN) == 0, timeout=120)
+    # 1500 tokens would take minutes here: an `abort` within seconds is the abort, not the end.
+    assert wait_for(lambda: aborted() > before, timeout=60), "the generator ran on after the cancel"
+    assert metric(server, "tritonrag_router_aborted_total", version="1", **GEN) >= 1
+    assert wait_for(lambda: metric(server, "tritonrag_num_requests_running", **GEN) == 0, timeout=30)
     assert wait_for(lambda: metric(server, "tritonrag_kv_cache_usage_perc", **GEN) == 0.0, timeout=30)
+    assert streams.one(router_inputs()).version == 1

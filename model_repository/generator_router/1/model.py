@@ -6,9 +6,11 @@ BLS request and forwards every response, adding `served_version`. Mirrors to the
 version run on their own few workers, their output drained and dropped. Routing counters
 and the split in force are Triton custom metrics.
 
-A caller that cancels has its stream ended at once, but the generator's request runs on
-to EOS or max_tokens, drained and dropped: this Python backend (Triton 2.51) has no way to
-cancel a BLS request it started.
+A caller that cancels has its stream ended at once. This Python backend (Triton 2.51) has
+no way to cancel a BLS request it started, so the router names each generator request
+uniquely and, on a cancel, sends the generator an abort for that name (its optional
+`abort_request_id` input): the engine drops the sequence within a step and frees its
+KV blocks, and the router drains what is left of the stream.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -61,7 +64,8 @@ class TritonPythonModel:
                 self.metrics.count("rejected")
                 sender.send(triton_io.error_response(exc), flags=FINAL)
                 continue
-            request_id = request.request_id() or ""
+            # Unique per generator request, so that an abort names exactly this one.
+            request_id = f"{request.request_id() or 'route'}@{uuid.uuid4().hex[:12]}"
             self.metrics.count("requests", route.version, route.mode)
             self.streams.submit(self._forward, request, sender, inputs, request_id, route.version, route.mode)
             if route.shadow is not None:
@@ -96,10 +100,11 @@ class TritonPythonModel:
                 if cancelled or not response.output_tensors():
                     continue
                 if request.is_cancelled():
-                    # This Python backend cannot cancel a BLS request: end the caller's stream now
-                    # and drain the generator's (it stops at max_tokens or EOS).
+                    # A BLS request cannot be cancelled from here: end the caller's stream now,
+                    # ask the generator to abort this request, and drain what it still sends.
                     cancelled = True
                     sender.send(flags=FINAL)
+                    self._abort(request_id, version)
                     continue
                 sender.send(pb_utils.InferenceResponse(output_tensors=response.output_tensors() + [served]))
             if not cancelled:
@@ -108,6 +113,18 @@ class TritonPythonModel:
             self.metrics.count("failures", version, mode)
             if not cancelled:
                 sender.send(triton_io.error_response(exc), flags=FINAL)
+
+    def _abort(self, request_id: str, version: int) -> None:
+        """Tell the generator version to drop `request_id` (frees its KV blocks within a step)."""
+        inputs = [pb_utils.Tensor("text_input", np.array([b""], dtype=np.object_)),
+                  pb_utils.Tensor("abort_request_id", np.array([request_id.encode()], dtype=np.object_))]
+        try:
+            for response in self._child(inputs, request_id + "-abort", version).exec(decoupled=True):
+                if response.has_error():
+                    pb_utils.Logger.log_warn(f"generator_router: abort of {request_id}: {response.error().message()}")
+        except Exception as exc:  # noqa: BLE001 - the request then runs to its end, drained
+            pb_utils.Logger.log_warn(f"generator_router: abort of {request_id} failed: {exc}")
+        self.metrics.count("aborted", version, "cancel")
 
     def _mirror(self, inputs, request_id: str, version: int) -> None:
         if not self.shadow_slots.acquire(blocking=False):
@@ -171,6 +188,8 @@ class RouterMetrics:
             "failures": family("tritonrag_router_failures_total", counter, "Routed streams that ended in an error"),
             "shadow_skipped": family("tritonrag_router_shadow_skipped_total", counter,
                                      "Mirrors not sent: every shadow slot busy"),
+            "aborted": family("tritonrag_router_aborted_total", counter,
+                              "Generator requests aborted because their caller cancelled"),
             "rejected": family("tritonrag_router_rejected_total", counter,
                                "Requests refused before routing (bad or unavailable pin)"),
             "weight": family("tritonrag_router_weight", gauge,
