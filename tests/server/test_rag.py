@@ -133,7 +133,10 @@ def test_generator_rejects_bad_text_input(client):
 
 
 def test_compiled_stages_run_on_their_configured_runtime(server):
-    """make setup exports the embedder's ONNX graph, so it serves on ONNX Runtime, not a fallback."""
+    """make setup exports the embedder's and the generator step's ONNX graphs, so the embedder and
+    generator version 2 (the canary) serve on ONNX Runtime, not a fallback; version 1 on torch."""
     log = server.log_path.read_text(errors="replace")
     assert '"embedder: runtime onnxruntime"' in log, "embedder did not report running on onnxruntime"
     assert "embedder: runtime torch (configured" not in log
+    assert "tritonrag_llm generator version 2: runtime onnxruntime" in log
+    assert "tritonrag_llm generator version 1: runtime torch" in log
