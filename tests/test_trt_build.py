@@ -220,7 +220,7 @@ def test_generator_profile_covers_every_served_version():
 
 def test_generator_settings_name_every_axis_of_the_step_graph():
     onnx_step = pytest.importorskip("tritonrag.engine.onnx_step")
-    axes = {dim.__name__ for spec in onnx_step.dynamic_shapes().values() for dim in spec.values()}
+    axes = {name for spec in onnx_step.dynamic_axes().values() for name in spec.values()}
     assert axes <= set(trt_build.generator_settings()), axes - set(trt_build.generator_settings())
 
 
