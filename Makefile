@@ -50,7 +50,7 @@ $(ONNX): build/export_onnx.py src/tritonrag/onnx_export.py src/tritonrag/embedde
 	touch $@   # the exporter skips an up-to-date graph without rewriting it
 
 # The generator's forward step for ONNX Runtime (generator version 2, the canary): ~2 min on 2 cores.
-$(GEN_ONNX): $(WEIGHTS) build/export_onnx.py src/tritonrag/engine/onnx_step.py | $(STAMP)
+$(GEN_ONNX): $(WEIGHTS) build/export_onnx.py src/tritonrag/engine/onnx_step.py src/tritonrag/engine/model.py | $(STAMP)
 	$(PY) build/export_onnx.py --model generator
 	touch $@
 

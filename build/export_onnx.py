@@ -104,6 +104,15 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
             for name, exporter in EXPORTERS.items()]
 
 
+def _stale(name: str, out_dir: Path, checkpoint: Path) -> str | None:
+    """Why the graph must be exported again; the generator's also goes stale when its graph code changes."""
+    if name == "generator":
+        from tritonrag.engine.onnx_step import stale_graph_reason
+
+        return stale_graph_reason(out_dir, checkpoint)
+    return stale_reason(out_dir, checkpoint)
+
+
 def export_one(name: str, checkpoint: Path | None, out_root: Path, force: bool) -> Outcome:
     """Export one model unless it is up to date; a missing checkpoint is an error only when it was named."""
     if checkpoint is None:
@@ -111,7 +120,7 @@ def export_one(name: str, checkpoint: Path | None, out_root: Path, force: bool) 
     if not Path(checkpoint).exists():
         raise SystemExit(f"{name}: checkpoint {checkpoint} does not exist")
     out_dir = out_root / name
-    if not force and stale_reason(out_dir, checkpoint) is None:
+    if not force and _stale(name, out_dir, checkpoint) is None:
         return Outcome(name, "up to date", read_meta(out_dir))
     started = time.perf_counter()
     meta = EXPORTERS[name].export(Path(checkpoint), out_dir)
