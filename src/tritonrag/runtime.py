@@ -58,9 +58,11 @@ def runtime_unavailable(runtime: str, device: str, artifact: Path | None) -> str
     if runtime == "tensorrt":   # what the machine lacks first: on a CPU host, the engine file is moot
         if device != "cuda":
             return "a TensorRT engine needs a CUDA GPU"
+        from tritonrag.trt_build import BuildError, load_backend
+
         try:
-            import tensorrt  # noqa: F401
-        except ImportError as exc:
+            load_backend()   # full TensorRT or TensorRT for RTX, as the engines were built with
+        except BuildError as exc:
             return f"the tensorrt runtime is not installed ({exc})"
     if runtime == "onnxruntime":
         try:

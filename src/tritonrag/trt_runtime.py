@@ -81,6 +81,9 @@ class TrtSession:
 
     Not thread-safe: one context holds one set of shapes and addresses; give each Triton
     model instance its own session.
+
+    `inputs` / `outputs` are TensorSpecs, `profile` maps each input to the (min, max) shapes
+    optimization profile 0 accepts, `engine_meta` is the engine's engine.json ({} if none).
     """
 
     def __init__(self, engine_path: Path | str, backend: Backend | None = None, device: str = "cuda") -> None:
@@ -101,7 +104,8 @@ class TrtSession:
                                    f"built by another TensorRT or for another GPU? (see its {META_FILE})")
             self.context = self.engine.create_execution_context()
         self.inputs, self.outputs = self._io_specs()
-        self._ranges = {spec.name: self._profile_range(spec.name) for spec in self.inputs}
+        self.profile = {spec.name: self._profile_range(spec.name) for spec in self.inputs}
+        self.engine_meta = engine_meta(self.engine_path)
         log.info("tensorrt: loaded %s (%s %s, %d inputs, %d outputs)", self.engine_path, self.backend.name,
                  self.backend.version, len(self.inputs), len(self.outputs))
 
@@ -132,15 +136,31 @@ class TrtSession:
 
         Returns the named outputs (all of them for None) as torch tensors on the device,
         enqueued on torch's current stream: synchronize, or use them on that stream.
+        A feed outside the profile, of another dtype, missing or unknown is a ValueError /
+        TypeError raised before anything is enqueued.
         """
-        import torch
+        outputs = self._execute(self.check_feeds(feeds))
+        return [outputs[name] for name in (output_names or self.output_names)]
 
+    def check_feeds(self, feeds: Mapping[str, Any]) -> dict:
+        """The feeds as contiguous device tensors, each checked against the engine's inputs and profile.
+
+        The host-side half of `run`: it needs no GPU (on a CPU device it moves nothing), so
+        its checks are tested without one.
+        """
         tensors = {spec.name: self._input(spec, feeds) for spec in self.inputs}
         extra = set(feeds) - set(tensors)
         if extra:
             raise ValueError(f"{self.engine_path.parent.name}: unknown input(s) {sorted(extra)}; the engine takes {self.input_names}")
         for name, tensor in tensors.items():
             self._check_shape(name, tuple(tensor.shape))
+        return tensors
+
+    def _execute(self, tensors: Mapping[str, Any]) -> dict:
+        """Bind shapes and addresses of checked inputs and fresh outputs; enqueue on torch's current stream."""
+        import torch
+
+        for name, tensor in tensors.items():
             if not self.context.set_input_shape(name, tuple(tensor.shape)):
                 raise ValueError(f"TensorRT refused shape {list(tensor.shape)} for input {name!r} (see its log)")
             self.context.set_tensor_address(name, tensor.data_ptr())
@@ -150,7 +170,7 @@ class TrtSession:
         stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to run {self.engine_path} (see the TensorRT log above)")
-        return [outputs[name] for name in (output_names or self.output_names)]
+        return outputs
 
     def _input(self, spec: TensorSpec, feeds: Mapping[str, Any]):
         """The feed as a contiguous tensor on the device, of exactly the engine's dtype (no silent cast)."""
@@ -166,7 +186,7 @@ class TrtSession:
 
     def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
         """A shape outside the profile is the caller's error, stated here, not a TensorRT log line."""
-        low, high = self._ranges[name]
+        low, high = self.profile[name]
         if len(shape) != len(low) or any(not lo <= size <= hi for size, lo, hi in zip(shape, low, high)):
             raise ValueError(f"input {name!r} has shape {list(shape)}; the engine's profile accepts {list(low)} to "
                              f"{list(high)} (rebuild with larger settings: make engines)")
@@ -178,6 +198,16 @@ class TrtSession:
         if any(size < 0 for size in shape):
             raise RuntimeError(f"output {spec.name!r} has a data-dependent shape {list(shape)}, which this runtime does not support")
         return torch.empty(shape, dtype=getattr(torch, spec.dtype), device=self.device)
+
+
+def engine_meta(engine_path: Path | str) -> dict:
+    """The engine.json `tritonrag.trt_build` wrote beside the engine ({} if there is none).
+
+    It records what the engine cannot tell once deserialized: the ONNX graph it was built
+    from (and that graph's sha256), so a caller can trace the engine back to its weights.
+    """
+    path = Path(engine_path).parent / META_FILE
+    return _read_meta(path) if path.is_file() else {}
 
 
 def load_session(name: str, root: Path | None = None, backend: Backend | None = None) -> TrtSession:

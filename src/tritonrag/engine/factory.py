@@ -21,32 +21,63 @@ def load_tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def choose_runtime(config: EngineConfig) -> RuntimeChoice:
-    """The runtime the engine will run on: the configured one, or the stated fallback (logged).
+# tritonrag.onnx_export.choose_runtime logs its own fallbacks (at WARNING); the factory logs
+# the whole choice once, tensorrt's reason included, so that part's logger drops them.
+_UNLOGGED = logging.getLogger(f"{__name__}.graph")
+_UNLOGGED.setLevel(logging.CRITICAL)
 
+
+def choose_runtime(config: EngineConfig) -> RuntimeChoice:
+    """The runtime the engine will run on: the configured one, or the stated fallback (logged once).
+
+    tensorrt needs a CUDA device, a TensorRT module (full TensorRT or TensorRT for RTX) and a
+    generator step engine for this GPU in the engine cache (make engines), built from a graph
+    of these weights, in the config's dtype, whose profile covers every step the config can
+    schedule (tritonrag.engine.trt_step.tensorrt_unavailable). Else it falls to onnxruntime.
     onnxruntime needs the step graph at `onnx_path`, exported from these weights (its
     meta.json; tritonrag.onnx_export.choose_runtime) and suiting the config: its dtype and
-    its RoPE table's length. There is no TensorRT runner for the generator yet, so
-    `tensorrt` falls back (to onnxruntime when the graph can serve).
+    its RoPE table's length. Else torch, which always runs.
     """
+    skipped: tuple[str, ...] = ()
+    if config.runtime == "tensorrt":
+        from tritonrag.engine.trt_step import tensorrt_unavailable
+
+        reason = tensorrt_unavailable(config)
+        if reason is None:
+            return _logged(RuntimeChoice("tensorrt", "tensorrt"))
+        skipped = (reason,)
+    below = _graph_choice(config, "onnxruntime" if skipped else config.runtime)
+    return _logged(RuntimeChoice(below.name, config.runtime, skipped + below.reasons))
+
+
+def _graph_choice(config: EngineConfig, requested: str) -> RuntimeChoice:
+    """onnxruntime if the step graph can serve `config` (asked for), else torch: unlogged."""
     from tritonrag.onnx_export import choose_runtime as choose_for_graph
 
     onnx_path = Path(config.onnx_path) if config.onnx_path else None
-    choice = choose_for_graph(config.runtime, config.device, onnx_path, Path(config.model_dir), logger=log)
+    choice = choose_for_graph(requested, config.device, onnx_path, Path(config.model_dir), logger=_UNLOGGED)
     if choice.name == "onnxruntime":
         from tritonrag.engine.onnx_step import graph_mismatch
 
         reason = graph_mismatch(config)   # e.g. a float32 graph for a bfloat16 canary
         if reason:
             choice = RuntimeChoice("torch", choice.requested, (*choice.reasons, reason))
-            log.warning("%s: %s", log.name, choice.describe())
-    if not choice.fell_back:
-        log.info("%s: %s", log.name, choice.describe())
+    return choice
+
+
+def _logged(choice: RuntimeChoice) -> RuntimeChoice:
+    """The choice, logged: a fallback at WARNING with its reasons."""
+    (log.warning if choice.fell_back else log.info)("%s: %s", log.name, choice.describe())
     return choice
 
 
 def build_runner(config: EngineConfig, choice: RuntimeChoice | None = None) -> PagedRunner:
+    """The runner of the chosen runtime (chosen here when not given)."""
     choice = choice or choose_runtime(config)
+    if choice.name == "tensorrt":
+        from tritonrag.engine.trt_step import TrtModelRunner
+
+        return TrtModelRunner(config)
     if choice.name == "onnxruntime":
         from tritonrag.engine.onnx_step import OnnxModelRunner
 

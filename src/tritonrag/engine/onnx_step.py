@@ -1,5 +1,7 @@
 """The generator's forward step as one ONNX graph over our paged KV cache, and its ONNX Runtime runner.
 
+The runners' host side (`StepGraphRunner`) is shared with TensorRT's (tritonrag.engine.trt_step).
+
 The scheduler and the KV pool stay ours: the graph gets the pool as a read-only input and
 returns this step's keys and values; the host writes them into the pool afterwards. No
 graph output aliases an input (ONNX Runtime has no in-place outputs), and nothing in the
@@ -37,6 +39,7 @@ import inspect
 import logging
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,12 +422,43 @@ def stale_graph_reason(out_dir: str | Path, model_dir: str | Path, dtype: str = 
     return None
 
 
-# ---- ONNX Runtime runner -----------------------------------------------------------------------------
-class OnnxModelRunner(PagedRunner):
-    """ModelRunner's interface over the exported step graph, run by ONNX Runtime.
+# ---- runners of the step: what ONNX Runtime and TensorRT share ------------------------------------------
+class StepGraphRunner(PagedRunner):
+    """ModelRunner's interface over the exported step, whatever runtime runs it (host side only).
 
-    The pool is a torch tensor (same layout as ModelRunner's) bound to the graph by pointer
-    through an IOBinding, so no step copies it; outputs go to torch tensors allocated here.
+    The pool is a torch tensor in ModelRunner's layout, on the runner's device. Each step
+    packs the scheduled chunks into the graph's inputs (`build_step_inputs`), hands them and
+    the pool to the runtime (`_run`, per subclass) and scatters the returned new K/V into
+    the pool at the step's slots: the graph never writes the pool itself.
+    """
+
+    def _allocate_pool(self) -> None:
+        self.kv_cache = self.allocate_kv_cache()
+        cfg = self.model_config
+        self._slot_view = self.kv_cache.view(cfg.num_layers, 2, -1, cfg.num_kv_heads, cfg.head_dim)
+
+    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+        """Logits [number of sampling chunks, vocab] in float32, in chunk order; the step's K/V land in the pool."""
+        if out.is_empty:
+            return self.empty_logits()
+        chunks, logits_rows = order_chunks(out)
+        step = build_step_inputs(chunks, logits_rows, self.block_size)
+        logits, new_kv = self._run(step)
+        # new_kv [L, 2, T, KVH, D] -> the pool's slots [L, 2, NB * BS, KVH, D] at this step's slot_mapping
+        self._slot_view.index_copy_(2, step.slot_mapping.to(self.device), new_kv)
+        return logits if logits.device.type == "cpu" else logits.cpu()
+
+    def _run(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N, vocab] float32, new_kv [L, 2, T, KVH, D] in the pool's dtype) on the runner's device."""
+        raise NotImplementedError
+
+
+# ---- ONNX Runtime runner -----------------------------------------------------------------------------
+class OnnxModelRunner(StepGraphRunner):
+    """The step graph run by ONNX Runtime.
+
+    The pool is bound to the graph by pointer through an IOBinding, so no step copies it;
+    outputs go to torch tensors allocated here.
     """
 
     runtime = "onnxruntime"
@@ -437,39 +471,17 @@ class OnnxModelRunner(PagedRunner):
                 f"onnx_path {self.onnx_path} does not exist (export it: python -m tritonrag.engine.onnx_step)")
         self.session = _session(self.onnx_path, config)
         self._check_graph()
-        self.kv_cache = self.allocate_kv_cache()
-        cfg = self.model_config
-        self._slot_view = self.kv_cache.view(cfg.num_layers, 2, -1, cfg.num_kv_heads, cfg.head_dim)
+        self._allocate_pool()
         self._device_type = "cuda" if self.device.type == "cuda" else "cpu"
         self.log_ready()
 
     def _check_graph(self) -> None:
         """The graph must be this model's (pool shape) in this runner's dtype, with room for max_model_len."""
-        cfg, inputs = self.model_config, {i.name: i for i in self.session.get_inputs()}
-        missing = set(INPUT_NAMES) - set(inputs)
-        if missing:
-            raise ValueError(f"{self.onnx_path} is not a generator step graph: no input(s) {sorted(missing)}")
-        kv = inputs["kv_cache"]
-        want = [cfg.num_layers, 2, cfg.num_kv_heads, cfg.head_dim]
-        got = [kv.shape[0], kv.shape[1], kv.shape[4], kv.shape[5]]
-        if got != want:
-            raise ValueError(f"{self.onnx_path} was exported from another model: KV pool dims {got}, "
-                             f"{self.config.model_dir} needs {want} (layers, 2, kv heads, head dim)")
+        inputs = {i.name: (i.shape, ONNX_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()}
         meta = read_meta(self.onnx_path.parent) or {}
-        reason = _mismatch(self.onnx_path, ONNX_TYPES.get(kv.type, kv.type), meta.get("max_positions"), self.config)
+        reason = step_io_problem(self.onnx_path, inputs, meta.get("max_positions"), self.config, self.model_config)
         if reason:
             raise ValueError(reason)
-
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
-        """Logits [number of sampling chunks, vocab] in float32, in chunk order; the step's K/V land in the pool."""
-        if out.is_empty:
-            return self.empty_logits()
-        chunks, logits_rows = order_chunks(out)
-        step = build_step_inputs(chunks, logits_rows, self.block_size)
-        logits, new_kv = self._run(step)
-        # new_kv [L, 2, T, KVH, D] -> the pool's slots [L, 2, NB * BS, KVH, D] at this step's slot_mapping
-        self._slot_view.index_copy_(2, step.slot_mapping.to(self.device), new_kv)
-        return logits if logits.device.type == "cpu" else logits.cpu()
 
     def _run(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.model_config
@@ -494,6 +506,27 @@ class OnnxModelRunner(PagedRunner):
     @property
     def _device_index(self) -> int:
         return self.device.index or 0
+
+
+def step_io_problem(source: Path, inputs: Mapping[str, tuple[Sequence, str]], max_positions: int | None,
+                    config: EngineConfig, model: LlamaConfig) -> str | None:
+    """Why a compiled step (graph or engine at `source`; `inputs`: name -> (shape, dtype name))
+    cannot serve `config` on `model`, or None.
+
+    It must take the step's inputs, a pool of the model's shape (layers, 2, KV heads, head
+    dim; blocks and block size are dynamic) in the config's dtype, and have a RoPE table as
+    long as max_model_len (when its graph says how long).
+    """
+    missing = set(INPUT_NAMES) - set(inputs)
+    if missing:
+        return f"{source} is not a generator step: no input(s) {sorted(missing)}"
+    kv_shape, kv_dtype = inputs["kv_cache"]
+    want = [model.num_layers, 2, model.num_kv_heads, model.head_dim]
+    got = [kv_shape[0], kv_shape[1], kv_shape[4], kv_shape[5]]
+    if got != want:
+        return (f"{source} was exported from another model: KV pool dims {got}, "
+                f"{config.model_dir} needs {want} (layers, 2, kv heads, head dim)")
+    return _mismatch(source, kv_dtype, max_positions, config)
 
 
 def graph_mismatch(config: EngineConfig) -> str | None:
