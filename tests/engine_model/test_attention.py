@@ -7,6 +7,7 @@ is checked against one SDPA per sequence over that sequence's own keys.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonrag.engine import model as model_mod
+from tritonrag.engine import paged_attention
 from tritonrag.engine.model import (
     Attention, AttentionMetadata, GatherScratch, LlamaConfig, Linear, _split_sorted, attend_with_prefix, can_prepack,
 )
@@ -72,24 +74,39 @@ def _reference(q, k_seq, v_seq, q_positions) -> torch.Tensor:
     return o[0].transpose(0, 1)
 
 
-@pytest.mark.parametrize("bucket_cost", [0, 16, 10**9])
-def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, bucket_cost):
+def decode_op():
+    """The paged decode op; skips only where it is switched off or not built for this platform."""
+    reason = paged_attention.disabled_reason()
+    if reason:
+        pytest.skip(f"paged decode op not used here: {reason}")
+    op = paged_attention.load_decode_kernel()
+    assert op is not None, "the paged decode op failed to build on Linux (see the log)"
+    return op
+
+
+@pytest.mark.parametrize("decode", ["buckets, cost 0", "buckets, cost 16", "one bucket", "paged decode op"])
+def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, decode):
     """Decodes of very different lengths, a chunk from position 0 and a chunk after a cached prefix, packed together."""
-    monkeypatch.setattr(model_mod, "BUCKET_COST_BLOCKS", bucket_cost)
+    monkeypatch.setattr(model_mod, "BUCKET_COST_BLOCKS", {"buckets, cost 0": 0, "buckets, cost 16": 16}.get(decode, 10**9))
     torch.manual_seed(0)
     rng = random.Random(2)
-    H, KVH, D = CFG.num_heads, CFG.num_kv_heads, CFG.head_dim
-    attn = Attention(CFG, GatherScratch()).eval()
+    cfg = CFG if decode != "paged decode op" else dataclasses.replace(CFG, head_dim=64)   # the op is built for 64 and 128
+    H, KVH, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    attn = Attention(cfg, GatherScratch()).eval()
+    if decode == "paged decode op":
+        attn.decode_op = decode_op()
     # (query_len, context_len): four decodes, a fresh 9-token chunk, a 7-token chunk after 21 cached tokens
     plan = [(1, 3), (1, 57), (1, 16), (1, 130), (9, 9), (7, 28)]
     tables = _sequences(rng, [ctx for _, ctx in plan])
     k_cache = torch.randn(NUM_BLOCKS, BLOCK_SIZE, KVH, D)
     v_cache = torch.randn(NUM_BLOCKS, BLOCK_SIZE, KVH, D)
     T = sum(q for q, _ in plan)
-    x = torch.randn(T, CFG.hidden_size)
+    x = torch.randn(T, cfg.hidden_size)
     positions = torch.cat([torch.arange(ctx - q, ctx) for q, ctx in plan])
     cos, sin = (t[positions][:, None] for t in model_mod.rope_table(D, CFG.rope_theta, 512))
-    meta = AttentionMetadata.build([q for q, _ in plan], [c for _, c in plan], tables, BLOCK_SIZE, [0], "cpu")
+    meta = AttentionMetadata.build([q for q, _ in plan], [c for _, c in plan], tables, BLOCK_SIZE, [0], "cpu",
+                                   paged_decode=attn.decode_op is not None)
+    assert (meta.decode_tables is not None) == (decode == "paged decode op") and bool(meta.decode_buckets) != (meta.decode_tables is not None)
     with torch.inference_mode():
         got = attn(x, cos, sin, k_cache, v_cache, meta)                         # writes this step's K/V too
         qkv = attn.qkv_proj(x)
@@ -102,6 +119,30 @@ def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, b
             row += q_len
         want = attn.o_proj(torch.cat(expected).reshape(T, H * D))
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_decode_op_matches_torch_for_every_context_length(dtype):
+    """Lengths 1, a block's edges and across many blocks; tables shuffled through the pool."""
+    op = decode_op()
+    torch.manual_seed(5)
+    lens = [1, 2, 15, 16, 17, 31, 32, 33, 200, 517]
+    block_size, KVH, G, D = 16, 3, 3, 64
+    k_cache, v_cache = (torch.randn(NUM_BLOCKS, block_size, KVH, D).to(dtype) for _ in range(2))
+    tables = torch.stack([torch.randperm(NUM_BLOCKS)[:33] for _ in lens])
+    q = torch.randn(len(lens), KVH * G, D).to(dtype)
+    context_lens = torch.tensor(lens)
+    got = op(q, k_cache, v_cache, tables, context_lens, D ** -0.5)
+    want = paged_attention.reference_decode(q, k_cache, v_cache, tables, context_lens, D ** -0.5)
+    tolerance = dict(atol=2e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_paged_decode_op_rejects_a_context_longer_than_its_table():
+    op = decode_op()
+    k_cache = v_cache = torch.zeros(8, 16, 3, 64)
+    with pytest.raises(RuntimeError, match="context length 40 does not fit the block table"):
+        op(torch.zeros(1, 9, 64), k_cache, v_cache, torch.zeros(1, 2, dtype=torch.long), torch.tensor([40]), 0.125)
 
 
 def test_prefix_merge_equals_one_masked_sdpa():

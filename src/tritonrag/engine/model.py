@@ -108,9 +108,10 @@ class PrefillMeta:
 class AttentionMetadata:
     """How the packed batch maps onto sequences and the paged cache; built once per step.
 
-    The first `num_decodes` packed rows are single-query sequences, grouped into
-    `decode_buckets`; the rest are the prefill chunks, in order. `logits_indices` are the
-    packed rows to compute logits for.
+    The first `num_decodes` packed rows are single-query sequences: for the paged decode
+    op (tritonrag.engine.paged_attention), their block tables and context lengths; for the
+    torch path, grouped into `decode_buckets`. The rest are the prefill chunks, in order.
+    `logits_indices` are the packed rows to compute logits for.
     """
 
     slot_mapping: torch.Tensor                 # [T] int64
@@ -118,6 +119,8 @@ class AttentionMetadata:
     decode_buckets: list[DecodeBucket]
     prefills: list[PrefillMeta]
     logits_indices: torch.Tensor               # [N] int64
+    decode_tables: torch.Tensor | None = None  # [num_decodes, max blocks] int64, padded with 0 (paged decode op)
+    decode_lens: torch.Tensor | None = None    # [num_decodes] int64 context lengths (paged decode op)
 
     @classmethod
     def build(
@@ -128,11 +131,13 @@ class AttentionMetadata:
         block_size: int,
         logits_indices: list[int],
         device: torch.device | str = "cpu",
+        paged_decode: bool = False,
     ) -> "AttentionMetadata":
         """Metadata for sequences packed in this order: all single-query ones first.
 
         Sequence i contributes `query_lens[i]` rows for positions
         [context_lens[i] - query_lens[i], context_lens[i]); its block table covers them.
+        `paged_decode`: describe the decodes for the paged decode op instead of buckets.
         """
         num_decodes = sum(1 for q in query_lens if q == 1)
         if any(q != 1 for q in query_lens[:num_decodes]) or any(q < 1 for q in query_lens):
@@ -143,8 +148,13 @@ class AttentionMetadata:
             for slot in _slots(table, ctx - q_len, ctx, block_size)
         ]
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=device)
-        buckets = _decode_buckets(block_tables[:num_decodes], context_lens[:num_decodes], block_size, device)
-        meta = cls(slot_mapping, num_decodes, buckets, [], torch.tensor(logits_indices, dtype=torch.long, device=device))
+        logits = torch.tensor(logits_indices, dtype=torch.long, device=device)
+        if paged_decode and num_decodes:
+            tables, lens = _padded_tables(block_tables[:num_decodes], device), context_lens[:num_decodes]
+            meta = cls(slot_mapping, num_decodes, [], [], logits, tables, torch.tensor(lens, dtype=torch.long, device=device))
+        else:
+            buckets = _decode_buckets(block_tables[:num_decodes], context_lens[:num_decodes], block_size, device)
+            meta = cls(slot_mapping, num_decodes, buckets, [], logits)
         row = num_decodes
         for q_len, ctx, table in zip(query_lens[num_decodes:], context_lens[num_decodes:], block_tables[num_decodes:]):
             prefix = ctx - q_len
@@ -157,6 +167,12 @@ class AttentionMetadata:
 def _slots(table: list[int], start: int, end: int, block_size: int) -> list[int]:
     """Physical cache slots of positions [start, end): block * block_size + offset."""
     return [table[p // block_size] * block_size + p % block_size for p in range(start, end)]
+
+
+def _padded_tables(tables: list[list[int]], device) -> torch.Tensor:
+    """Block tables as one [n, longest] int64 tensor, padded with block 0 (never read)."""
+    width = max(len(t) for t in tables)
+    return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=device)
 
 
 # The fixed cost of one more bucket (per layer: a handful of op dispatches, ~0.1 ms) in
@@ -272,6 +288,8 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """GQA self-attention: fused QKV projection, RoPE, paged KV write and read."""
 
+    decode_op = None   # tritonrag.engine.paged_attention's op, set by LlamaModel.use_decode_op
+
     def __init__(self, cfg: LlamaConfig, scratch: "GatherScratch") -> None:
         super().__init__()
         self.scratch = scratch
@@ -291,6 +309,9 @@ class Attention(nn.Module):
         k_cache.view(-1, KVH, D).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, KVH, D).index_copy_(0, meta.slot_mapping, v)
         o = x.new_empty(T, H * D)
+        if meta.decode_tables is not None:
+            n = meta.num_decodes
+            o[:n] = self.decode_op(q[:n], k_cache, v_cache, meta.decode_tables, meta.decode_lens, D ** -0.5).view(n, -1)
         for bucket in meta.decode_buckets:
             self._decode(q, k_cache, v_cache, bucket, o)
         for p in meta.prefills:
@@ -443,6 +464,11 @@ class LlamaModel(nn.Module):
         if self.lm_head is not None:
             return self.lm_head(x)
         return linear(x, self.embed_tokens.weight, self.tied_head_packed)               # [N, vocab]
+
+    def use_decode_op(self, op) -> None:
+        """Decode attention through the paged decode op (AttentionMetadata built with paged_decode=True)."""
+        for layer in self.layers:
+            layer.self_attn.decode_op = op
 
     def prepack(self) -> bool:
         """Put every linear layer (and the tied lm_head) on oneDNN-prepacked weights; False where unsupported."""

@@ -86,7 +86,20 @@ class ModelRunner(PagedRunner):
         self.model = load_llama(config.model_dir, self.dtype, self.device, max_positions=config.max_model_len)
         self.kv_cache = self.allocate_kv_cache()
         self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
+        self.paged_decode = self._use_paged_decode()
         self.log_ready()
+
+    def _use_paged_decode(self) -> bool:
+        """Decode attention in place from the pool where the op builds for this CPU (logged either way)."""
+        from tritonrag.engine import paged_attention
+
+        if not paged_attention.kernel_supports(self.model_config.head_dim, self.device):
+            return False
+        op = paged_attention.load_decode_kernel()
+        if op is not None:
+            self.model.use_decode_op(op)
+            log.info("model runner: decode attention reads the paged KV cache in place (%s)", paged_attention.EXTENSION_NAME)
+        return op is not None
 
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
         """Logits [number of sampling chunks, vocab] in float32, in chunk order."""
@@ -101,6 +114,7 @@ class ModelRunner(PagedRunner):
             block_size=self.block_size,
             logits_indices=logits_rows,
             device=self.device,
+            paged_decode=self.paged_decode,
         )
         logits = self.model(input_ids.to(self.device), positions.to(self.device), self.kv_caches, meta)
         return logits.float()
