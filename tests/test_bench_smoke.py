@@ -1,4 +1,4 @@
-"""Smoke run of the benchmark (`--quick`, engine and hf targets, no server): the JSON has every number, and they are sane.
+"""Smoke run of the benchmark (`--quick`, engine, hf and precision targets, no server): the JSON has every number, and they are sane.
 
 No timing assertions: the machine may be busy; only shapes, signs and orderings are checked.
 """
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"generator weights
 def result(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "tritonrag_clients.bench", "--quick", "--targets", "engine,hf",
+    cmd = [sys.executable, "-m", "tritonrag_clients.bench", "--quick", "--targets", "engine,hf,precision",
            "--out", str(out / "result.json"), "--plot", str(out / "result.png")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # ~15 s when the machine is quiet
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -77,3 +77,22 @@ def test_prefix_scenario_hits_the_cache(result):
     for mode in ("on", "off"):
         _check_percentiles(prefix[mode]["ttft_s"])
     assert prefix["ttft_saving_p50"] <= 1
+
+
+def test_precision_compares_bf16_with_fp32_on_the_same_requests(result):
+    precision = result["precision"]
+    assert set(precision["dtypes"]) == {"float32", "bfloat16"}
+    for metrics in precision["dtypes"].values():
+        assert metrics["output_tokens"] > 0 and metrics["output_tok_s"] > 0
+    agreement = precision["agreement"]
+    assert agreement["requests"] == result["workload"][str(precision["concurrency"])]["num_requests"]
+    assert 0 <= agreement["identical"] <= agreement["requests"]
+    assert 0 <= agreement["mean_share_before_first_difference"] <= 1
+
+
+def test_greedy_agreement_counts_the_shared_start_of_each_output():
+    from tritonrag_clients.bench import greedy_agreement
+
+    a = greedy_agreement({"x": [1, 2, 3, 4], "y": [5, 6], "z": [7]}, {"x": [1, 2, 9, 4], "y": [5, 6], "z": [8]})
+    assert a["requests"] == 3 and a["identical"] == 1
+    assert a["mean_share_before_first_difference"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)

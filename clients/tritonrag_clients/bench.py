@@ -49,6 +49,9 @@ Targets:
           300-token prompt (median of 3; prefix caching off in this target) and end-to-end
           output tok/s at concurrency 8 on that level's workload, each as a ratio to torch.
           `--runtime` adds this target; `--targets runtimes --runtime onnxruntime` runs only it.
+  precision  the engine in float32 and in bfloat16 on the top level's workload, one after
+          the other: output tok/s of each and how far bf16's greedy outputs follow fp32's
+          (identical outputs; share of each output before its first differing token).
   vllm    optional peer, `--vllm-python PATH`: vLLM's offline API with
           `max_num_seqs = concurrency`, in a subprocess run by that interpreter; reports
           throughput only (offline API: no per-token times). "not run" otherwise.
@@ -123,7 +126,7 @@ from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_d
 
 console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 150))  # the table needs ~150 columns
 PERCENTILES = (50, 95, 99)
-TARGETS = ("engine", "service", "triton", "hf", "runtimes", "vllm")
+TARGETS = ("engine", "service", "triton", "hf", "runtimes", "precision", "vllm")
 
 
 # ---- settings ----------------------------------------------------------------------------
@@ -459,8 +462,12 @@ class KVSampler:
         return {"peak": self.peak, "mean_waste_over_steps": mean}
 
 
-def run_engine_level(engine, requests: list[BenchRequest], concurrency: int, label: str) -> tuple[dict, dict]:
-    """Closed loop: keep `concurrency` requests in the engine; returns (metrics, kv summary)."""
+def run_engine_level(engine, requests: list[BenchRequest], concurrency: int, label: str,
+                     token_ids: dict[str, list[int]] | None = None) -> tuple[dict, dict]:
+    """Closed loop: keep `concurrency` requests in the engine; returns (metrics, kv summary).
+
+    `token_ids`, if given, collects each request's output token ids by request id.
+    """
     pending, live, done = deque(requests), {}, []
     kv = KVSampler(engine, engine.config.max_model_len)
     step_times: list[float] = []
@@ -484,6 +491,8 @@ def run_engine_level(engine, requests: list[BenchRequest], concurrency: int, lab
             for out in outputs:
                 record = live[out.request_id]
                 record.token_times.extend([now] * len(out.new_token_ids))
+                if token_ids is not None:
+                    token_ids.setdefault(out.request_id, []).extend(out.new_token_ids)
                 if out.finished:
                     record.finish, record.num_output_tokens = now, out.num_output_tokens
                     record.num_cached_tokens = out.num_cached_tokens
@@ -519,6 +528,46 @@ def bench_engine(settings: BenchSettings, workloads: dict[int, list[BenchRequest
     del engine
     gc.collect()
     return results, kv
+
+
+# ---- precision target: the engine in float32 and in bfloat16 ---------------------------------------------
+def bench_precision(settings: BenchSettings, workloads: dict[int, list[BenchRequest]], tokenizer, corpus) -> dict:
+    """The top level's workload on a float32 and a bfloat16 engine, one after the other.
+
+    Reports each one's throughput and how far bf16's greedy outputs follow fp32's: per request,
+    the share of its output before the first differing token (1.0 = identical).
+    """
+    from tritonrag.engine.factory import build_engine
+
+    c = max(workloads)
+    out: dict = {"concurrency": c, "dtypes": {}}
+    tokens: dict[str, dict[str, list[int]]] = {}
+    for dtype in ("float32", "bfloat16"):
+        engine = build_engine(engine_config(settings, dtype=dtype))
+        warm_engine(engine, tokenizer, corpus)
+        tokens[dtype] = {}
+        out["dtypes"][dtype], _ = run_engine_level(engine, workloads[c], c, f"{dtype[:7]} c={c}", tokens[dtype])
+        out["dtypes"][dtype].pop("per_request")
+        del engine
+        gc.collect()
+    out["bf16_speedup"] = out["dtypes"]["bfloat16"]["output_tok_s"] / out["dtypes"]["float32"]["output_tok_s"]
+    out["agreement"] = greedy_agreement(tokens["float32"], tokens["bfloat16"])
+    a = out["agreement"]
+    console.print(f"  precision c={c}: bf16 {out['bf16_speedup']:.2f}x fp32 output tok/s; {a['identical']}/{a['requests']} "
+                  f"outputs identical, mean {a['mean_share_before_first_difference']:.0%} of each output before the first difference")
+    return out
+
+
+def greedy_agreement(reference: dict[str, list[int]], other: dict[str, list[int]]) -> dict:
+    """How far `other`'s outputs follow `reference`'s, request by request."""
+    shares = []
+    for request_id, want in reference.items():
+        got = other.get(request_id, [])
+        first = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+        shares.append(first / len(want) if want else 1.0)
+    return {"requests": len(shares), "identical": sum(s == 1.0 for s in shares),
+            "mean_share_before_first_difference": float(np.mean(shares)) if shares else None,
+            "share_before_first_difference": percentiles(shares)}
 
 
 # ---- runtimes target: the same engine on torch and on compiled runtimes ----------------------------
@@ -1202,7 +1251,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="cap on requests per level: min(max(4, 2 x concurrency), cap); default 48 (quick 4)")
     parser.add_argument("--concurrency", default=None, help="comma-separated levels (default 1,8,32; quick 1,4)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--targets", default="engine,triton,hf", help="any of engine,service,triton,hf,vllm")
+    parser.add_argument("--targets", default="engine,triton,hf", help="any of " + ",".join(TARGETS))
     parser.add_argument("--quick", action="store_true", help="tiny workload for a smoke run")
     parser.add_argument("--model-dir", default=str(generator_weights_dir()))
     parser.add_argument("--seed", type=int, default=0)
@@ -1296,6 +1345,10 @@ def run(settings: BenchSettings, vllm_python: str | None = None, prefix: bool = 
         with CpuMeter() as meter:
             result["results"]["hf"] = bench_hf(settings, workloads, tokenizer)
         contention["hf"] = meter.result
+    if "precision" in settings.targets:
+        with CpuMeter() as meter:
+            result["precision"] = bench_precision(settings, workloads, tokenizer, corpus)
+        contention["precision"] = meter.result
     if "runtimes" in settings.targets:
         with CpuMeter() as meter:
             result["runtimes"] = bench_runtimes(settings, tokenizer, corpus)
