@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 
 import pytest
 import torch
 
+from test_engine_parity import SHARED
+from test_model_parity import TinyAllocator
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.factory import build_engine
 from tritonrag.engine.llm_engine import LLMEngine
@@ -43,11 +44,6 @@ TENSORRT_FRIENDLY_OPS = {
     "Not", "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Reshape", "Shape", "Sigmoid", "Softmax", "Split", "Sqrt",
     "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
 }
-SHARED = (
-    "The Python standard library is very extensive. It contains built-in modules, written in C, "
-    "that provide access to system functionality such as file I/O, as well as modules written in "
-    "Python that provide standardized solutions for many problems in everyday programming. "
-)
 TEXTS = [
     "What is the capital of France?",
     SHARED + "Name one module for regular expressions.",
@@ -135,25 +131,12 @@ def test_an_empty_group_gets_a_dummy_that_no_token_reads():
 
 
 # ---- parity with the torch runner ---------------------------------------------------------------------
-class Allocator:
-    """Blocks from a shuffled free list, so tables are not contiguous."""
-
-    def __init__(self, num_blocks: int, block_size: int) -> None:
-        self.free = list(range(num_blocks))
-        random.Random(0).shuffle(self.free)
-        self.block_size = block_size
-
-    def cover(self, seq: Sequence, num_tokens: int) -> None:
-        while len(seq.block_table) * self.block_size < num_tokens:
-            seq.block_table.append(self.free.pop())
-
-
 def test_mixed_batch_logits_and_cache_match_the_torch_runner(graph, prompts):
     """Prefill chunks (one after a cached prefix) beside decodes: each step's logits and the pool agree."""
     config = dict(model_dir=str(WEIGHTS), block_size=4, num_kv_blocks=128)
     ours = OnnxModelRunner(EngineConfig(**config, runtime="onnxruntime", onnx_path=str(graph)))
     ref = ModelRunner(EngineConfig(**config))
-    alloc = Allocator(128, 4)
+    alloc = TinyAllocator(128, 4)
     a, b, c = (Sequence(str(i), list(p), SamplingParams()) for i, p in enumerate(prompts[1:4]))
     half = b.num_prompt_tokens // 2
     plans = [
