@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -75,6 +76,11 @@ def load_decode_kernel() -> DecodeKernel | None:
 def _build():
     from torch.utils.cpp_extension import load
 
+    # torch finds ninja on PATH; the pip `ninja` package puts it beside this interpreter,
+    # which a `.venv/bin/python ...` call does not put on PATH
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     return load(
