@@ -356,23 +356,22 @@ def generator_settings(model_repository: Path = MODEL_REPOSITORY) -> dict[str, D
     for version in versions:
         config = EngineConfig.from_parameters(version_parameters(params, version))
         weights = resolve_artifact(config.model_dir, model_repository) if config.model_dir else None
-        for name, dim in generator_dims(config, _num_kv_blocks(config, weights)).items():
+        for name, dim in generator_dims(config, num_kv_blocks(config, weights)).items():
             merged[name] = merged[name].union(dim) if name in merged else dim
     return merged
 
 
-def _num_kv_blocks(config, weights_dir: Path | None) -> int:
+def num_kv_blocks(config, weights_dir: Path | None) -> int:
     """Blocks the model runner allocates: num_kv_blocks, or kv_cache_memory_bytes over one block's bytes."""
     if config.num_kv_blocks:
         return config.num_kv_blocks
     from tritonrag.engine.model import LlamaConfig
+    from tritonrag.engine.model_runner import kv_bytes_per_block
 
     if weights_dir is None or not (weights_dir / "config.json").is_file():
         raise BuildError(f"the generator's KV block count needs its weights' config.json ({weights_dir}); "
                          "prepare the weights first (make setup) or set num_kv_blocks")
-    model = LlamaConfig.from_dir(weights_dir)
-    itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[config.dtype]
-    per_block = 2 * model.num_layers * config.block_size * model.num_kv_heads * model.head_dim * itemsize
+    per_block = kv_bytes_per_block(LlamaConfig.from_dir(weights_dir), config.block_size, config.dtype)
     return max(1, config.kv_cache_memory_bytes // per_block)
 
 

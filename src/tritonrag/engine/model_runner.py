@@ -64,10 +64,7 @@ class PagedRunner:
 
     @property
     def bytes_per_block(self) -> int:
-        """KV cache bytes of one block: K and V, every layer, block_size tokens."""
-        cfg = self.model_config
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * cfg.num_layers * self.block_size * cfg.num_kv_heads * cfg.head_dim * itemsize
+        return kv_bytes_per_block(self.model_config, self.block_size, self.config.dtype)
 
     def empty_logits(self) -> torch.Tensor:
         return torch.empty(0, self.vocab_size)
@@ -138,6 +135,13 @@ def pack_tokens(chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tenso
         ids.extend(chunk.seq.all_token_ids[chunk.start : chunk.end])
         positions.extend(range(chunk.start, chunk.end))
     return torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
+
+
+def kv_bytes_per_block(model: LlamaConfig, block_size: int, dtype: str) -> int:
+    """KV cache bytes of one block: K and V, every layer, block_size tokens (also what the
+    TensorRT builder sizes the pool's profile by, without building a runner)."""
+    itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * itemsize
 
 
 def _eos_token_ids(model_dir: Path) -> list[int]:

@@ -27,7 +27,7 @@ from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.model import LlamaConfig
 from tritonrag.engine.onnx_step import OUTPUT_NAMES, StepGraphRunner, StepInputs, dynamic_axes, step_io_problem
 from tritonrag.onnx_export import read_meta, stale_reason
-from tritonrag.trt_build import _num_kv_blocks, generator_dims
+from tritonrag.trt_build import generator_dims, num_kv_blocks
 from tritonrag.trt_runtime import TrtSession, engine_meta, find_engine
 
 GENERATOR_ENGINE = "generator"   # the engine cache's folder name (build/build_engines.py --model generator)
@@ -127,7 +127,7 @@ def engine_mismatch(config: EngineConfig, engine_path: Path) -> str | None:
     stale = stale_reason(facts.graph.parent, Path(config.model_dir), check_graph=False)
     if stale:
         return f"{engine_path} was built from {facts.graph}, which does not stand for {config.model_dir}: {stale}"
-    blocks = _num_kv_blocks(config, Path(config.model_dir))   # what the runner will allocate, as the builder counts it
+    blocks = num_kv_blocks(config, Path(config.model_dir))   # what the runner will allocate, as the builder counts it
     return facts.problem(config, LlamaConfig.from_dir(config.model_dir), blocks)
 
 
