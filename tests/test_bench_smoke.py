@@ -15,15 +15,27 @@ import pytest
 from tritonrag.paths import generator_weights_dir
 
 WEIGHTS = generator_weights_dir() / "model.safetensors"
-pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"generator weights missing ({WEIGHTS}): run `make setup` first")
+pytestmark = pytest.mark.skipif(
+    not WEIGHTS.exists(), reason=f"generator weights missing ({WEIGHTS}): run `make setup` first"
+)
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "tritonrag_clients.bench", "--quick", "--targets", "engine,hf,precision",
-           "--out", str(out / "result.json"), "--plot", str(out / "result.png")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tritonrag_bench",
+        "--quick",
+        "--targets",
+        "engine,hf,precision",
+        "--out",
+        str(out / "result.json"),
+        "--plot",
+        str(out / "result.png"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # ~15 s when the machine is quiet
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "result.png").stat().st_size > 0
@@ -35,7 +47,9 @@ def _check_percentiles(stats: dict) -> None:
 
 
 def test_top_level_keys(result):
-    assert {"settings", "machine", "ceiling", "workload", "results", "kv_cache", "prefix_cache", "targets"} <= set(result)
+    assert {"settings", "machine", "ceiling", "workload", "results", "kv_cache", "prefix_cache", "targets"} <= set(
+        result
+    )
     assert set(result["results"]) == {"engine", "hf"}
     assert result["machine"]["usable_cores"] >= 1 and result["machine"]["cpu"]
     assert result["ceiling"]["read_bandwidth_gb_s"] > 0 and result["ceiling"]["matmul_gflop_s"] > 0
@@ -91,7 +105,7 @@ def test_precision_compares_bf16_with_fp32_on_the_same_requests(result):
 
 
 def test_greedy_agreement_counts_the_shared_start_of_each_output():
-    from tritonrag_clients.bench import greedy_agreement
+    from tritonrag_bench.precision import greedy_agreement
 
     a = greedy_agreement({"x": [1, 2, 3, 4], "y": [5, 6], "z": [7]}, {"x": [1, 2, 9, 4], "y": [5, 6], "z": [8]})
     assert a["requests"] == 3 and a["identical"] == 1

@@ -6,12 +6,22 @@ import random
 
 import pytest
 
-from tritonrag.canary import (
-    Route, RoutingConfig, WeightsFile, check_pin, choose, parse_pin, promote, read_config, rollback, set_split,
-    sticky_fraction, write_config,
-)
 from tritonrag.errors import InvalidInput
-from tritonrag.versioning import split_parameters, version_parameters
+from tritonrag.triton.canary import (
+    Route,
+    RoutingConfig,
+    WeightsFile,
+    check_pin,
+    choose,
+    parse_pin,
+    promote,
+    read_config,
+    rollback,
+    set_split,
+    sticky_fraction,
+    write_config,
+)
+from tritonrag.triton.versioning import split_parameters, version_parameters
 from tritonrag_clients.canary import delta, parse_metrics, quantile, render_status, total, version_rows
 
 CANARY_10 = RoutingConfig(stable_version=1, canary_version=2, canary_weight=0.1)
@@ -19,15 +29,19 @@ CANARY_10 = RoutingConfig(stable_version=1, canary_version=2, canary_weight=0.1)
 
 # ---- the config ----
 
-@pytest.mark.parametrize("bad, fragment", [
-    ({"stable_version": 0}, "stable_version must be a positive integer"),
-    ({"stable_version": True}, "stable_version must be a positive integer"),
-    ({"canary_version": 1}, "both 1"),
-    ({"canary_version": 2, "canary_weight": 1.5}, "canary_weight must be a number in [0, 1]"),
-    ({"canary_version": 2, "shadow_weight": -0.1}, "shadow_weight must be a number in [0, 1]"),
-    ({"canary_weight": 0.2}, "no canary_version is set"),
-    ({"canary_version": 2, "canary_weight": "0.1"}, "canary_weight must be a number"),
-])
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ({"stable_version": 0}, "stable_version must be a positive integer"),
+        ({"stable_version": True}, "stable_version must be a positive integer"),
+        ({"canary_version": 1}, "both 1"),
+        ({"canary_version": 2, "canary_weight": 1.5}, "canary_weight must be a number in [0, 1]"),
+        ({"canary_version": 2, "shadow_weight": -0.1}, "shadow_weight must be a number in [0, 1]"),
+        ({"canary_weight": 0.2}, "no canary_version is set"),
+        ({"canary_version": 2, "canary_weight": "0.1"}, "canary_weight must be a number"),
+    ],
+)
 def test_invalid_configs_are_refused(bad, fragment):
     with pytest.raises(ValueError) as info:
         RoutingConfig(**bad)
@@ -59,6 +73,7 @@ def test_set_promote_rollback():
 
 # ---- routing ----
 
+
 def test_random_split_lands_on_the_weight():
     rng = random.Random(7)
     for weight in (0.0, 0.1, 0.5, 1.0):
@@ -89,11 +104,14 @@ def test_raising_the_weight_only_moves_keys_to_the_canary():
 def test_sticky_hash_is_stable_and_uniform():
     # Fixed values: the same key maps to the same fraction on every host, process and release.
     assert sticky_fraction("user-42") == sticky_fraction(b"user-42")
-    assert sticky_fraction("user-42") == pytest.approx(int.from_bytes(
-        __import__("hashlib").sha256(b"user-42").digest()[:8], "big") / 2**64)
+    assert sticky_fraction("user-42") == pytest.approx(
+        int.from_bytes(__import__("hashlib").sha256(b"user-42").digest()[:8], "big") / 2**64
+    )
     fractions = [sticky_fraction(f"k{i}") for i in range(10000)]
     assert 0 <= min(fractions) and max(fractions) < 1
-    assert all(abs(sum(lo <= f < lo + 0.1 for f in fractions) / 10000 - 0.1) < 0.015 for lo in [i / 10 for i in range(10)])
+    assert all(
+        abs(sum(lo <= f < lo + 0.1 for f in fractions) / 10000 - 0.1) < 0.015 for lo in [i / 10 for i in range(10)]
+    )
 
 
 def test_empty_key_is_random():
@@ -122,6 +140,7 @@ def test_no_canary_means_stable_only():
 
 # ---- pins ----
 
+
 @pytest.mark.parametrize("raw, expected", [(None, None), (b"", None), (b"  ", None), (b"2", 2), ("12", 12)])
 def test_parse_pin(raw, expected):
     assert parse_pin(raw) == expected
@@ -138,10 +157,14 @@ def test_pin_to_unavailable_version_names_what_is_served():
     assert check_pin(2, ready, CANARY_10) == 2
     with pytest.raises(InvalidInput) as info:
         check_pin(7, ready, CANARY_10)
-    assert str(info.value) == "generator version 7 is not available (not in the repository or not loaded); routed versions are 1, 2"
+    assert (
+        str(info.value)
+        == "generator version 7 is not available (not in the repository or not loaded); routed versions are 1, 2"
+    )
 
 
 # ---- the weights file ----
+
 
 def test_weights_file_default_then_file_then_change(tmp_path):
     path = tmp_path / "canary.json"
@@ -192,8 +215,14 @@ def test_written_file_is_plain_json(tmp_path):
 
 # ---- per-version parameters ----
 
+
 def test_version_parameters_override_only_their_version():
-    params = {"dtype": "float32", "kv_cache_memory_bytes": "512", "v2:dtype": "bfloat16", "v3:kv_cache_memory_bytes": "128"}
+    params = {
+        "dtype": "float32",
+        "kv_cache_memory_bytes": "512",
+        "v2:dtype": "bfloat16",
+        "v3:kv_cache_memory_bytes": "128",
+    }
     assert version_parameters(params, "1") == {"dtype": "float32", "kv_cache_memory_bytes": "512"}
     assert version_parameters(params, 2) == {"dtype": "bfloat16", "kv_cache_memory_bytes": "512"}
     assert version_parameters(params, "3") == {"dtype": "float32", "kv_cache_memory_bytes": "128"}

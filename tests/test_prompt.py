@@ -5,10 +5,15 @@ import json
 import pytest
 
 from tritonrag.paths import generator_weights_dir
-from tritonrag.prompt import PromptBuilder, format_context, sources_of
+from tritonrag.retrieval.prompt import PromptBuilder, format_context, sources_of
 
 PASSAGES = [
-    {"chunk_id": "topic:try#0", "title": "The try statement", "text": "The try statement specifies handlers.", "score": 0.91},
+    {
+        "chunk_id": "topic:try#0",
+        "title": "The try statement",
+        "text": "The try statement specifies handlers.",
+        "score": 0.91,
+    },
     {"chunk_id": "module:json#2", "title": "json", "text": "word " * 600, "score": 0.5},
 ]
 

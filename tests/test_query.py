@@ -4,7 +4,7 @@ import pytest
 
 from tritonrag.defaults import DEFAULT_TOP_K, MAX_QUERY_CHARS, MAX_TOP_K
 from tritonrag.errors import InvalidInput
-from tritonrag.query import normalize_query, resolve_top_k
+from tritonrag.retrieval.query import normalize_query, resolve_top_k
 
 
 def test_whitespace_collapsed_and_nfc():

@@ -1,7 +1,6 @@
 """The model repository's configs parse, agree with the Python defaults and hard-code no host path."""
 
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
@@ -10,7 +9,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonrag.defaults import EMBEDDING_DIM, ENSEMBLE_MODEL, GENERATOR_MODEL, RERANK_CANDIDATES
 from tritonrag.engine.config import EngineConfig
 from tritonrag.paths import MODEL_REPOSITORY, resolve_artifact
-from tritonrag.versioning import split_parameters, version_parameters
+from tritonrag.triton.versioning import split_parameters, version_parameters
 
 ROUTER_MODEL = "generator_router"
 
@@ -23,8 +22,16 @@ def load(name: str) -> model_config_pb2.ModelConfig:
 
 
 def test_every_stage_present():
-    assert set(MODELS) >= {"rag", "preprocess", "embedder", "retriever", "reranker", "prompt_builder",
-                           ROUTER_MODEL, "generator"}
+    assert set(MODELS) >= {
+        "rag",
+        "preprocess",
+        "embedder",
+        "retriever",
+        "reranker",
+        "prompt_builder",
+        ROUTER_MODEL,
+        "generator",
+    }
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tritonrag.runtime import pick_runtime
+from tritonrag.compile.runtime import pick_runtime
 
 
 def test_torch_needs_nothing():

@@ -15,8 +15,18 @@ def test_absent_or_empty_means_defaults():
 
 
 def test_parses_every_field():
-    raw = json.dumps({"max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": 40, "seed": 3,
-                      "stop": "\n\n", "stop_token_ids": [2], "ignore_eos": True})
+    raw = json.dumps(
+        {
+            "max_tokens": 7,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "top_k": 40,
+            "seed": 3,
+            "stop": "\n\n",
+            "stop_token_ids": [2],
+            "ignore_eos": True,
+        }
+    )
     params = SamplingParams.from_json(raw.encode())
     assert (params.max_tokens, params.temperature, params.top_p, params.top_k, params.seed) == (7, 0.5, 0.9, 40, 3)
     assert params.stop == ["\n\n"] and params.stop_token_ids == [2] and params.ignore_eos

@@ -12,25 +12,21 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT for RTX is not installed (pip install 'tritonrag[trt-rtx]')")
+pytest.importorskip(
+    "tensorrt_rtx_bindings", reason="TensorRT for RTX is not installed (pip install 'tritonrag[trt-rtx]')"
+)
 
 import onnx  # noqa: E402
 import torch  # noqa: E402
 
-from tritonrag import trt_build  # noqa: E402
-from tritonrag.trt_build import (  # noqa: E402
-    BuildError,
-    BuildKey,
-    DimRange,
-    UnknownDimension,
-    build_engine,
-    embedder_dims,
-    load_backend,
-)
-from tritonrag.trt_runtime import EngineNotFound, find_engine  # noqa: E402
+from tritonrag.compile import trt_build  # noqa: E402
+from tritonrag.compile.trt_build import BuildError, BuildKey, DimRange, UnknownDimension, build_engine, load_backend
+from tritonrag.compile.trt_runtime import EngineNotFound, find_engine  # noqa: E402
+from tritonrag.retrieval.export import embedder_dims
+from tritonrag.triton import repository  # noqa: E402
 from trt_helpers import export_tiny  # noqa: E402
 
-DIMS = embedder_dims(max_batch_size=8, max_tokens=32)   # batch 1..8, seq 1..32 (opt 8)
+DIMS = embedder_dims(max_batch_size=8, max_tokens=32)  # batch 1..8, seq 1..32 (opt 8)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +57,12 @@ def test_build_writes_engine_and_its_record(built, rtx):
     assert result.engine_path.stat().st_size == result.size_bytes > 0
     meta = json.loads((result.engine_path.parent / "engine.json").read_text())
     assert meta == result.meta
-    assert (meta["backend"], meta["backend_version"], meta["compute_capability"], meta["precision"]) == \
-        ("tensorrt_rtx", rtx.version, "sm89", "fp32")
+    assert (meta["backend"], meta["backend_version"], meta["compute_capability"], meta["precision"]) == (
+        "tensorrt_rtx",
+        rtx.version,
+        "sm89",
+        "fp32",
+    )
     assert meta["build_seconds"] > 0
     assert meta["inputs"] == [
         {"name": "input_ids", "shape": [-1, -1], "dtype": "int64", "dim_names": ["batch", "seq"]},
@@ -79,7 +79,7 @@ def test_second_build_is_a_cache_hit(built, tiny_onnx, rtx):
     mtime = first.engine_path.stat().st_mtime_ns
     again = build_engine("tiny", tiny_onnx, DIMS, backend=rtx, root=root, show_progress=False)
     assert again.cache_hit and again.key == first.key and again.engine_path == first.engine_path
-    assert again.engine_path.stat().st_mtime_ns == mtime          # not rewritten
+    assert again.engine_path.stat().st_mtime_ns == mtime  # not rewritten
     assert again.meta["built_at"] == first.meta["built_at"]
 
 
@@ -106,7 +106,9 @@ def test_another_profile_is_another_engine(built, tiny_onnx, rtx):
 
 def test_another_compute_capability_is_another_engine(built, tiny_onnx, rtx):
     root, first = built
-    ampere = build_engine("tiny", tiny_onnx, DIMS, backend=rtx, root=root, compute_capability="SM80", show_progress=False)
+    ampere = build_engine(
+        "tiny", tiny_onnx, DIMS, backend=rtx, root=root, compute_capability="SM80", show_progress=False
+    )
     assert ampere.key != first.key and ampere.meta["compute_capability"] == "sm80"
 
 
@@ -114,9 +116,14 @@ def test_every_key_input_changes_the_key():
     profile = trt_build.derive_profile("tiny", (trt_build.GraphInput("x", ("batch", 4)),), DIMS)
     key = BuildKey("0" * 64, "fp32", profile, "tensorrt_rtx", "1.7.1.116", "sm89")
     wider = trt_build.derive_profile("tiny", (trt_build.GraphInput("x", ("batch", 4)),), embedder_dims(9, 32))
-    changed = [replace(key, onnx_sha256="1" * 64), replace(key, precision="fp16"), replace(key, profile=wider),
-               replace(key, backend="tensorrt"), replace(key, backend_version="1.7.2"),
-               replace(key, compute_capability="sm86")]
+    changed = [
+        replace(key, onnx_sha256="1" * 64),
+        replace(key, precision="fp16"),
+        replace(key, profile=wider),
+        replace(key, backend="tensorrt"),
+        replace(key, backend_version="1.7.2"),
+        replace(key, compute_capability="sm86"),
+    ]
     digests = {key.digest} | {k.digest for k in changed}
     assert len(digests) == 1 + len(changed)
     assert replace(key).digest == key.digest
@@ -129,8 +136,12 @@ def test_rtx_precision_is_the_graphs_own(tiny_onnx, rtx, tmp_path):
     with pytest.raises(BuildError, match=r"strongly typed.*\(fp32\), so fp16 cannot be built"):
         build_engine("tiny", tiny_onnx, DIMS, precision="fp16", backend=rtx, root=tmp_path, show_progress=False)
     assert not (tmp_path / "tiny").exists()
-    assert build_engine("tiny", tiny_onnx, DIMS, precision="fp32", backend=rtx, root=tmp_path,
-                        show_progress=False).meta["precision"] == "fp32"
+    assert (
+        build_engine("tiny", tiny_onnx, DIMS, precision="fp32", backend=rtx, root=tmp_path, show_progress=False).meta[
+            "precision"
+        ]
+        == "fp32"
+    )
 
 
 def test_an_fp16_graph_builds_an_fp16_engine(rtx, tmp_path):
@@ -154,8 +165,11 @@ def test_full_tensorrt_lowers_only_fp32_graphs():
 
 
 def test_an_unknown_dynamic_dimension_is_a_clear_error(tiny_onnx, rtx, tmp_path):
-    with pytest.raises(UnknownDimension, match=r"tiny: input 'input_ids' axis 1 is the dynamic dimension 'seq'.*"
-                                               r"known dimensions: batch"):
+    with pytest.raises(
+        UnknownDimension,
+        match=r"tiny: input 'input_ids' axis 1 is the dynamic dimension 'seq'.*"
+        r"known dimensions: batch",
+    ):
         build_engine("tiny", tiny_onnx, {"batch": DIMS["batch"]}, backend=rtx, root=tmp_path, show_progress=False)
 
 
@@ -190,7 +204,7 @@ def _model_config(name: str):
 def test_embedder_profile_comes_from_its_config():
     from tritonrag.defaults import EMBEDDER_MAX_TOKENS
 
-    dims = trt_build.embedder_settings()
+    dims = repository.embedder_settings()
     max_batch = _model_config("embedder").max_batch_size
     assert dims["batch"] == DimRange(1, max_batch, max_batch)
     assert dims["seq"] == DimRange(1, EMBEDDER_MAX_TOKENS // 4, EMBEDDER_MAX_TOKENS)
@@ -198,13 +212,15 @@ def test_embedder_profile_comes_from_its_config():
 
 def test_generator_profile_covers_every_served_version():
     from tritonrag.engine.config import EngineConfig
-    from tritonrag.versioning import version_parameters
+    from tritonrag.triton.versioning import version_parameters
 
     config = _model_config("generator")
     params = {key: value.string_value for key, value in config.parameters.items()}
-    versions = [EngineConfig.from_parameters(version_parameters(params, v)) for v in config.version_policy.specific.versions]
+    versions = [
+        EngineConfig.from_parameters(version_parameters(params, v)) for v in config.version_policy.specific.versions
+    ]
     assert len(versions) >= 2, "the generator serves several versions; the profile must cover each"
-    dims = trt_build.generator_settings()
+    dims = repository.generator_settings()
     for v in versions:
         # fp32 KV per block: 30 layers * 2 (K, V) * block_size tokens * 3 heads * 64 dims * 4 bytes
         blocks = v.kv_cache_memory_bytes // (30 * 2 * v.block_size * 3 * 64 * 4)
@@ -213,15 +229,17 @@ def test_generator_profile_covers_every_served_version():
         assert dims["decode_seqs"].max >= v.max_num_seqs and dims["decode_past"].max >= v.max_model_len
         assert dims["prefill_new"].max >= min(v.max_num_batched_tokens, v.max_model_len)
         assert dims["block_size"] == DimRange.fixed(v.block_size)
-    assert dims["num_blocks"].max == max(v.kv_cache_memory_bytes // (30 * 2 * v.block_size * 3 * 64 * 4) for v in versions)
+    assert dims["num_blocks"].max == max(
+        v.kv_cache_memory_bytes // (30 * 2 * v.block_size * 3 * 64 * 4) for v in versions
+    )
     assert dims["T"].max == max(v.max_num_batched_tokens for v in versions)
     assert dims["decode_new"] == DimRange.fixed(1)
 
 
 def test_generator_settings_name_every_axis_of_the_step_graph():
-    onnx_step = pytest.importorskip("tritonrag.engine.onnx_step")
-    axes = {name for spec in onnx_step.dynamic_axes().values() for name in spec.values()}
-    assert axes <= set(trt_build.generator_settings()), axes - set(trt_build.generator_settings())
+    step_graph = pytest.importorskip("tritonrag.engine.runners.step_graph")
+    axes = {name for spec in step_graph.dynamic_axes().values() for name in spec.values()}
+    assert axes <= set(repository.generator_settings()), axes - set(repository.generator_settings())
 
 
 # ---- backend, target, inputs --------------------------------------------------------------
@@ -264,8 +282,9 @@ def test_parser_errors_are_reported(rtx, tmp_path):
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])
     node = onnx.helper.make_node("NoSuchOp", ["x"], ["y"], domain="tritonrag.test")
     graph = onnx.helper.make_graph([node], "bad", [x], [y])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
-                                                         onnx.helper.make_opsetid("tritonrag.test", 1)])
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid("tritonrag.test", 1)]
+    )
     onnx.save(model, str(tmp_path / "bad.onnx"))
     with pytest.raises(BuildError, match=r"ONNX parser of tensorrt_rtx .* failed: .*NoSuchOp"):
         build_engine("bad", tmp_path / "bad.onnx", DIMS, backend=rtx, root=tmp_path, show_progress=False)
@@ -289,7 +308,9 @@ def test_find_engine_picks_this_backend_and_target(built, rtx):
 def test_cli_builds_then_hits_the_cache(tiny_onnx, tmp_path, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("build_engines", Path(__file__).parents[1] / "build" / "build_engines.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_engines", Path(__file__).parents[1] / "build" / "build_engines.py"
+    )
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     onnx_root = tmp_path / "onnx"
@@ -303,6 +324,17 @@ def test_cli_builds_then_hits_the_cache(tiny_onnx, tmp_path, capsys):
     assert "hit" in out and "input_ids int64[-1, -1]" in out
     assert cli.main(args + ["--precision", "bf16"]) == 1
     assert "strongly typed" in capsys.readouterr().out
-    assert cli.main(["--model", "generator", "--onnx-dir", str(tmp_path / "nothing"),
-                     "--engines-dir", str(tmp_path / "engines")]) == 1
+    assert (
+        cli.main(
+            [
+                "--model",
+                "generator",
+                "--onnx-dir",
+                str(tmp_path / "nothing"),
+                "--engines-dir",
+                str(tmp_path / "engines"),
+            ]
+        )
+        == 1
+    )
     assert "make onnx" in capsys.readouterr().out

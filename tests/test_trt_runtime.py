@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tritonrag import trt_build
+from tritonrag.compile import trt_build
+from tritonrag.retrieval.export import embedder_dims
 from trt_helpers import export_tiny
 
 SKIP_REASON = "no CUDA GPU / no tensorrt here"
@@ -28,7 +29,7 @@ def _backend_for_this_gpu():
         return None
     capability = trt_build.current_gpu_capability()
     if backend.is_rtx and capability not in trt_build.rtx_capabilities(backend):
-        return None       # e.g. Hopper (sm90): TensorRT-RTX 1.7 has no target for it
+        return None  # e.g. Hopper (sm90): TensorRT-RTX 1.7 has no target for it
     return backend, capability
 
 
@@ -41,14 +42,21 @@ def engine_root(tmp_path_factory):
     backend, capability = RUNNABLE
     root = tmp_path_factory.mktemp("engines")
     graph = export_tiny(tmp_path_factory.mktemp("onnx") / "model.onnx")
-    trt_build.build_engine("tiny", graph, trt_build.embedder_dims(8, 32), backend=backend, root=root,
-                           compute_capability=capability, show_progress=False)
+    trt_build.build_engine(
+        "tiny",
+        graph,
+        embedder_dims(8, 32),
+        backend=backend,
+        root=root,
+        compute_capability=capability,
+        show_progress=False,
+    )
     return root, graph
 
 
 @pytest.fixture(scope="module")
 def session(engine_root):
-    from tritonrag.trt_runtime import load_session
+    from tritonrag.compile.trt_runtime import load_session
 
     return load_session("tiny", engine_root[0], RUNNABLE[0])
 
@@ -57,7 +65,7 @@ def _feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(batch * 100 + seq)
     ids = rng.integers(0, 100, (batch, seq), dtype=np.int64)
     mask = np.ones((batch, seq), dtype=np.int64)
-    mask[0, seq // 2 + 1:] = 0                   # a padded row
+    mask[0, seq // 2 + 1 :] = 0  # a padded row
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -90,7 +98,7 @@ def test_bad_feeds_are_clear_errors(session):
 
 
 def test_find_engine_uses_this_gpus_capability(engine_root):
-    from tritonrag.trt_runtime import find_engine
+    from tritonrag.compile.trt_runtime import find_engine
 
     path = find_engine("tiny", engine_root[0], RUNNABLE[0])
     assert path.name == "model.engine" and Path(path).parent.parent.name == "tiny"

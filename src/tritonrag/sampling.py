@@ -57,7 +57,7 @@ class SamplingParams:
         return self.temperature == 0.0
 
     @classmethod
-    def from_json(cls, raw: str | bytes | None, **defaults) -> "SamplingParams":
+    def from_json(cls, raw: str | bytes | None, **defaults) -> SamplingParams:
         """Parse the request's JSON; absent or empty means all defaults."""
         if raw is None:
             return cls(**defaults)

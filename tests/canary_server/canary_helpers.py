@@ -11,8 +11,8 @@ from pathlib import Path
 import requests
 import tritonclient.grpc as grpcclient
 
-from tritonrag.canary import RoutingConfig, write_config
 from tritonrag.paths import MODEL_REPOSITORY
+from tritonrag.triton.canary import RoutingConfig, write_config
 from tritonrag_clients.canary import parse_metrics, total
 from tritonrag_clients.streaming import bytes_input, generator_inputs
 
@@ -50,8 +50,13 @@ def set_split(path: Path, **values) -> RoutingConfig:
 
 # ---- requests ----
 
-def router_inputs(prompt: str = "The capital of France is", sampling: dict | None = None,
-                  key: str | None = None, pin: str | None = None) -> list:
+
+def router_inputs(
+    prompt: str = "The capital of France is",
+    sampling: dict | None = None,
+    key: str | None = None,
+    pin: str | None = None,
+) -> list:
     inputs = generator_inputs(prompt, sampling or {"max_tokens": 1, "temperature": 0})
     if key is not None:
         inputs.append(bytes_input("routing_key", key))

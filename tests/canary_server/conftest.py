@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from canary_helpers import DEFAULT_SPLIT, Streams, build_repository
-from tritonrag.canary import write_config
+
 from tritonrag.paths import artifacts_dir, generator_weights_dir, index_dir
-from tritonrag.server import TritonServer
+from tritonrag.triton.canary import write_config
+from tritonrag.triton.server import TritonServer
 
 
 def pytest_collection_modifyitems(items):
@@ -32,12 +32,16 @@ def weights_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, weights_file):
-    missing = [p for p in (generator_weights_dir() / "model.safetensors", index_dir() / "faiss.index") if not p.exists()]
+    missing = [
+        p for p in (generator_weights_dir() / "model.safetensors", index_dir() / "faiss.index") if not p.exists()
+    ]
     if missing:
         pytest.skip(f"artifacts missing ({', '.join(map(str, missing))}): run `make setup` first")
     write_config(weights_file, DEFAULT_SPLIT)
     repo = build_repository(tmp_path_factory.mktemp("repo"), weights_file)
-    instance = TritonServer.on_free_ports(model_repository=repo, log_path=artifacts_dir() / "logs" / "canary-server.log")
+    instance = TritonServer.on_free_ports(
+        model_repository=repo, log_path=artifacts_dir() / "logs" / "canary-server.log"
+    )
     with instance:
         yield instance
     shutil.rmtree(repo, ignore_errors=True)
@@ -56,5 +60,3 @@ def streams(server):
     client = Streams(server.grpc_url)
     yield client
     client.close()
-
-

@@ -9,11 +9,18 @@ import json
 import time
 
 import requests
-
 from canary_helpers import (
-    DEFAULT_SPLIT, ROUTER, metric, router_inputs, scrape, set_split, versions_of, wait_for,
+    DEFAULT_SPLIT,
+    ROUTER,
+    metric,
+    router_inputs,
+    scrape,
+    set_split,
+    versions_of,
+    wait_for,
 )
-from tritonrag.canary import RoutingConfig, choose, read_config
+
+from tritonrag.triton.canary import RoutingConfig, choose, read_config
 from tritonrag_clients import canary as canary_cli
 from tritonrag_clients.canary import quantile, total
 from tritonrag_clients.streaming import StreamingClient, bytes_input, rag_inputs
@@ -24,8 +31,9 @@ GEN = {"model": "generator"}
 def canary_traffic(server) -> float:
     """Everything the canary has received: routed by the router (any mode) and counted by Triton."""
     samples = scrape(server)
-    return (total(samples, "tritonrag_router_requests_total", version="2", **GEN)
-            + total(samples, "nv_inference_request_success", version="2", **GEN))
+    return total(samples, "tritonrag_router_requests_total", version="2", **GEN) + total(
+        samples, "nv_inference_request_success", version="2", **GEN
+    )
 
 
 def test_thousand_requests_at_ten_percent(server, streams, weights_file):
@@ -38,9 +46,11 @@ def test_thousand_requests_at_ten_percent(server, streams, weights_file):
     canary = versions_of(results).count(2)
     assert 70 <= canary <= 130, f"{canary} of 1000 on the canary at 10%"
     assert versions_of(results).count(1) == 1000 - canary
+
     # The router's counters and Triton's own per-version counters agree with what clients saw.
     def grown(name, **labels):
         return total(scrape(server), name, **labels) - total(before, name, **labels)
+
     assert grown("tritonrag_router_requests_total", mode="random", version="2", **GEN) == canary
     assert grown("tritonrag_router_requests_total", mode="random", version="1", **GEN) == 1000 - canary
     assert wait_for(lambda: grown("nv_inference_request_success", version="2", **GEN) == canary)
@@ -58,14 +68,20 @@ def test_a_key_always_lands_on_the_same_version(server, streams, weights_file):
         served.setdefault(key, set()).add(result.version)
     assert all(len(versions) == 1 for versions in served.values()), served
     assert {next(iter(v)) for v in served.values()} == {1, 2}, "at 50% both versions should have keys"
-    assert all(served[key] == {choose(config, key=key).version} for key in keys), "the server hashes as the library does"
+    assert all(served[key] == {choose(config, key=key).version} for key in keys), (
+        "the server hashes as the library does"
+    )
     # Raising the weight moves keys only towards the canary.
     set_split(weights_file, canary_weight=0.9)
     later = {key: streams.one(router_inputs(key=key)).version for key in keys}
     assert all(later[key] == 2 for key in keys if served[key] == {2})
     # Through the rag ensemble: the key reaches the router and the served version comes back.
-    rag = [streams.one(rag_inputs("What is a tuple?", sampling={"max_tokens": 1}) + [bytes_input("routing_key", "user-3")], "rag")
-           for _ in range(2)]
+    rag = [
+        streams.one(
+            rag_inputs("What is a tuple?", sampling={"max_tokens": 1}) + [bytes_input("routing_key", "user-3")], "rag"
+        )
+        for _ in range(2)
+    ]
     assert [r.version for r in rag] == [later["user-3"]] * 2
 
 
@@ -113,7 +129,9 @@ def test_shadow_mirrors_to_the_canary_and_discards_its_output(server, streams, w
     skipped_before = metric(server, "tritonrag_router_shadow_skipped_total", **labels)
     served_before = metric(server, "nv_inference_request_success", **labels)
     results = [streams.one(router_inputs(sampling={"max_tokens": 2})) for _ in range(12)]
-    assert all(r.versions == [1] * len(r.versions) and r.versions for r in results), "clients see only the stable answer"
+    assert all(r.versions == [1] * len(r.versions) and r.versions for r in results), (
+        "clients see only the stable answer"
+    )
     mirrored = metric(server, "tritonrag_router_requests_total", mode="shadow", **labels) - routed_before
     skipped = metric(server, "tritonrag_router_shadow_skipped_total", **labels) - skipped_before
     assert mirrored + skipped == 12 and mirrored >= 6
@@ -124,14 +142,18 @@ def test_pinning(server, streams, weights_file):
     set_split(weights_file, canary_weight=1.0)
     assert streams.one(router_inputs(pin="1", key="anyone")).version == 1
     assert streams.one(router_inputs(pin="2")).version == 2
-    rag = streams.one(rag_inputs("What is a set?", sampling={"max_tokens": 1}) + [bytes_input("model_version", "1")], "rag")
+    rag = streams.one(
+        rag_inputs("What is a set?", sampling={"max_tokens": 1}) + [bytes_input("model_version", "1")], "rag"
+    )
     assert rag.version == 1
 
 
 def test_pinning_an_unknown_version_is_a_clear_error(server, streams):
     expected = "generator version 7 is not available (not in the repository or not loaded); routed versions are 1, 2"
     assert streams.one(router_inputs(pin="7")).error == expected
-    assert streams.one(rag_inputs("What is a set?") + [bytes_input("model_version", "7")], "rag").error.endswith(expected)
+    assert streams.one(rag_inputs("What is a set?") + [bytes_input("model_version", "7")], "rag").error.endswith(
+        expected
+    )
     assert "model_version must be a positive integer" in streams.one(router_inputs(pin="latest")).error
     body = {"text_input": "hi", "model_version": "7"}
     response = requests.post(f"http://{server.http_url}/v2/models/generator_router/generate", json=body, timeout=60)
@@ -176,8 +198,13 @@ def test_cli_status_set_promote(server, streams, weights_file, capsys):
     capsys.readouterr()
     assert canary_cli.main([*common, "status"]) == 0
     out = capsys.readouterr().out
-    assert "stable 1 80.0%, canary 2 20.0%" in out and "in force on the server (router): stable 1 80.0%, canary 2 20.0%" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("1", "2")}
+    assert (
+        "stable 1 80.0%, canary 2 20.0%" in out
+        and "in force on the server (router): stable 1 80.0%, canary 2 20.0%" in out
+    )
+    rows = {
+        line.split()[0]: line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("1", "2")
+    }
     assert set(rows) == {"1", "2"} and "-/-/-" not in rows["1"][-2]
     # A version that is not loaded is refused before anything is written.
     try:
@@ -190,7 +217,9 @@ def test_cli_status_set_promote(server, streams, weights_file, capsys):
     # Promote: the canary takes everything, random and keyed.
     assert canary_cli.main([*common, "promote"]) == 0
     assert read_config(weights_file) == RoutingConfig(stable_version=2)
-    promoted = [streams.send(router_inputs(key=f"c{i}")) for i in range(10)] + [streams.send(router_inputs()) for _ in range(10)]
+    promoted = [streams.send(router_inputs(key=f"c{i}")) for i in range(10)] + [
+        streams.send(router_inputs()) for _ in range(10)
+    ]
     assert set(versions_of(streams.wait(promoted))) == {2}
     assert canary_cli.main([*common, "rollback"]) == 0  # no canary left: rollback keeps stable 2
     assert read_config(weights_file) == RoutingConfig(stable_version=2)

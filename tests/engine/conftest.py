@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 
@@ -44,8 +44,8 @@ def check_all_free(sched: Scheduler) -> None:
 class StepRecord:
     """One scheduler step as it was planned (chunk starts move once the step is applied)."""
 
-    chunks: dict[str, tuple[int, int]]    # request_id -> (start, num_new_tokens)
-    sampled: list[str]                    # request ids of the chunks that sampled
+    chunks: dict[str, tuple[int, int]]  # request_id -> (start, num_new_tokens)
+    sampled: list[str]  # request ids of the chunks that sampled
     preempted: list[Sequence]
     num_batched_tokens: int
 
@@ -86,7 +86,7 @@ class FakeRunner:
         self.num_kv_blocks = num_kv_blocks
         self.block_size = block_size
         self.kv: dict[int, int] = {}
-        self.steps: list[list[tuple[str, int, int]]] = []   # (request_id, start, num_new) per chunk
+        self.steps: list[list[tuple[str, int, int]]] = []  # (request_id, start, num_new) per chunk
 
     def slot(self, seq: Sequence, pos: int) -> int:
         block_id = seq.block_table[pos // self.block_size]
@@ -120,8 +120,13 @@ class ArgmaxSampler:
         return [max(range(len(row)), key=row.__getitem__) for row in logits]
 
 
-def reference(prompt: list[int], max_tokens: int, eos: int | None = None, max_model_len: int = 10**9,
-              stop_token_ids: tuple[int, ...] = ()) -> list[int]:
+def reference(
+    prompt: list[int],
+    max_tokens: int,
+    eos: int | None = None,
+    max_model_len: int = 10**9,
+    stop_token_ids: tuple[int, ...] = (),
+) -> list[int]:
     """What the engine must produce, computed without it (the stop token included)."""
     tokens, out = list(prompt), []
     while True:
@@ -138,8 +143,9 @@ class Result:
     final: StepOutput | None = None
 
 
-def run_engine(engine: LLMEngine, max_steps: int = 10_000,
-               on_step: Callable[[int, LLMEngine], None] | None = None) -> dict[str, Result]:
+def run_engine(
+    engine: LLMEngine, max_steps: int = 10_000, on_step: Callable[[int, LLMEngine], None] | None = None
+) -> dict[str, Result]:
     """Step until done, checking the scheduler's invariants after every step."""
     results: dict[str, Result] = {}
     for step in range(max_steps):
@@ -159,8 +165,9 @@ def run_engine(engine: LLMEngine, max_steps: int = 10_000,
 
 
 def make_config(**overrides) -> EngineConfig:
-    values = dict(block_size=4, num_kv_blocks=64, max_num_seqs=8, max_num_batched_tokens=32,
-                  max_model_len=128, max_waiting=16)
+    values = dict(
+        block_size=4, num_kv_blocks=64, max_num_seqs=8, max_num_batched_tokens=32, max_model_len=128, max_waiting=16
+    )
     values.update(overrides)
     return EngineConfig(**values)
 
@@ -175,8 +182,15 @@ def make_engine(eos_ids: tuple[int, ...] = (), **overrides) -> tuple[LLMEngine, 
 def kit() -> SimpleNamespace:
     """The helpers above; tests take them as a fixture rather than importing conftest."""
     return SimpleNamespace(
-        new_seq=new_seq, check_scheduler=check_scheduler, check_all_free=check_all_free,
-        scheduler_step=scheduler_step, next_token=next_token, reference=reference,
-        run_engine=run_engine, make_config=make_config, make_engine=make_engine,
-        FakeRunner=FakeRunner, ArgmaxSampler=ArgmaxSampler,
+        new_seq=new_seq,
+        check_scheduler=check_scheduler,
+        check_all_free=check_all_free,
+        scheduler_step=scheduler_step,
+        next_token=next_token,
+        reference=reference,
+        run_engine=run_engine,
+        make_config=make_config,
+        make_engine=make_engine,
+        FakeRunner=FakeRunner,
+        ArgmaxSampler=ArgmaxSampler,
     )

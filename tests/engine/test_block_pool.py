@@ -31,10 +31,10 @@ def test_allocate_more_than_free_raises_and_changes_nothing():
 
 def test_free_returns_blocks_tail_first():
     pool = BlockPool(6)
-    table = pool.allocate(4)                     # 0 1 2 3
+    table = pool.allocate(4)  # 0 1 2 3
     pool.free(table)
     assert pool.free_block_ids() == [4, 5, 3, 2, 1, 0]
-    assert ids(pool.allocate(3)) == [4, 5, 3]    # the tail of the freed table goes first
+    assert ids(pool.allocate(3)) == [4, 5, 3]  # the tail of the freed table goes first
     pool.check_integrity()
 
 
@@ -62,7 +62,7 @@ def test_cached_free_block_is_found_touched_and_leaves_the_free_queue():
     assert hit is a and hit.ref_count == 0
     pool.touch([hit])
     assert a.ref_count == 1 and pool.free_block_ids() == [2, 3, 1]
-    assert a.block_hash == b"h-a"                # still cached while used
+    assert a.block_hash == b"h-a"  # still cached while used
     pool.check_integrity()
 
 
@@ -71,7 +71,7 @@ def test_hit_double_checks_the_stored_tokens():
     (block,) = pool.allocate(1)
     pool.cache_block(block, b"h", (1, 2))
     assert pool.get_cached_block(b"h", (1, 2)) is block
-    assert pool.get_cached_block(b"h", (3, 4)) is None   # a hash collision is not a hit
+    assert pool.get_cached_block(b"h", (3, 4)) is None  # a hash collision is not a hit
     assert pool.get_cached_block(b"other", (1, 2)) is None
 
 
@@ -80,7 +80,7 @@ def test_eviction_is_lru_and_forgets_the_hash():
     blocks = pool.allocate(3)
     for i, block in enumerate(blocks):
         pool.cache_block(block, f"h{i}".encode(), (i,))
-    pool.free([blocks[1]])                       # freed first: evicted first
+    pool.free([blocks[1]])  # freed first: evicted first
     pool.free([blocks[2]])
     pool.free([blocks[0]])
     assert pool.free_block_ids() == [1, 2, 0]
@@ -97,7 +97,7 @@ def test_touching_a_block_saves_it_from_eviction():
     pool = BlockPool(3)
     blocks = pool.allocate(3)
     pool.cache_block(blocks[0], b"h0", (0,))
-    pool.free(blocks)                            # free order 2, 1, 0
+    pool.free(blocks)  # free order 2, 1, 0
     pool.touch([blocks[0]])
     assert ids(pool.allocate(2)) == [2, 1]
     assert pool.num_free_blocks == 0
@@ -109,7 +109,7 @@ def test_duplicate_cache_entry_is_refused():
     pool = BlockPool(3)
     a, b = pool.allocate(2)
     assert pool.cache_block(a, b"h", (1,))
-    assert not pool.cache_block(b, b"h", (1,))   # same content computed twice: first one wins
+    assert not pool.cache_block(b, b"h", (1,))  # same content computed twice: first one wins
     assert b.block_hash is None
     assert not pool.cache_block(a, b"h2", (2,))  # already cached under its own hash
     pool.free([a, b])
@@ -126,11 +126,11 @@ def test_check_integrity_catches_corruption():
     pool = BlockPool(3)
     a, _ = pool.allocate(2)
     pool.check_integrity()
-    a.ref_count = 0                              # "freed" without going back to the queue
+    a.ref_count = 0  # "freed" without going back to the queue
     with pytest.raises(RuntimeError):
         pool.check_integrity()
     a.ref_count = 1
-    a.block_hash = b"stray"                      # a hash the map does not know
+    a.block_hash = b"stray"  # a hash the map does not know
     with pytest.raises(RuntimeError, match="hash"):
         pool.check_integrity()
 

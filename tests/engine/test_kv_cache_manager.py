@@ -25,7 +25,7 @@ def refs(kv):
 
 def test_prefill_then_prefix_hit_shares_full_blocks(kit):
     kv = KVCacheManager(num_blocks=10, block_size=4)
-    a = kit.new_seq("a", list(range(10)))                    # [0..3] [4..7] [8 9]
+    a = kit.new_seq("a", list(range(10)))  # [0..3] [4..7] [8 9]
     assert kv.get_computed_blocks(a) == ([], 0)
     assert admit(kv, a) == 0
     assert a.block_table == [0, 1, 2]
@@ -33,7 +33,7 @@ def test_prefill_then_prefix_hit_shares_full_blocks(kit):
     h0 = hash_block(None, (0, 1, 2, 3))
     assert kv.pool.blocks[0].block_hash == h0
     assert kv.pool.blocks[1].block_hash == hash_block(h0, (4, 5, 6, 7))
-    assert kv.pool.blocks[2].block_hash is None             # partial block: never cached
+    assert kv.pool.blocks[2].block_hash is None  # partial block: never cached
     assert (kv.prefix_cache_queries, kv.prefix_cache_hits) == (10, 0)
 
     b = kit.new_seq("b", list(range(8)) + [50, 51, 52])
@@ -49,7 +49,7 @@ def test_the_last_prompt_token_is_always_recomputed(kit):
     a = kit.new_seq("a", list(range(8)))
     admit(kv, a)
     compute_all(kv, a)
-    same = kit.new_seq("same", list(range(8)))               # two full blocks, both cached
+    same = kit.new_seq("same", list(range(8)))  # two full blocks, both cached
     blocks, num_cached = kv.get_computed_blocks(same)
     assert [b.block_id for b in blocks] == [0] and num_cached == 4
 
@@ -80,21 +80,21 @@ def test_freed_blocks_stay_cached_tail_first_and_are_reused(kit):
 
     c = kit.new_seq("c", list(range(8)) + [60])
     assert admit(kv, c) == 8
-    assert c.block_table == [0, 1, 4]                        # hits leave the free queue; 4 is the head
+    assert c.block_table == [0, 1, 4]  # hits leave the free queue; 4 is the head
     assert kv.pool.free_block_ids() == [5, 6, 7, 8, 9, 2, 3]
     kv.check_integrity([c])
 
 
 def test_eviction_takes_the_tail_of_a_freed_sequence_first(kit):
     kv = KVCacheManager(num_blocks=4, block_size=4)
-    a = kit.new_seq("a", list(range(9)))                     # blocks 0 1 2; 0 and 1 cached
+    a = kit.new_seq("a", list(range(9)))  # blocks 0 1 2; 0 and 1 cached
     admit(kv, a)
     compute_all(kv, a)
     kv.free(a)
     assert kv.pool.free_block_ids() == [3, 2, 1, 0]
     x = kit.new_seq("x", [70] * 9)
     admit(kv, x)
-    assert x.block_table == [3, 2, 1]                        # evicts a's second block, keeps its first
+    assert x.block_table == [3, 2, 1]  # evicts a's second block, keeps its first
     kv.free(x)
     again = kit.new_seq("again", list(range(9)))
     blocks, num_cached = kv.get_computed_blocks(again)
@@ -109,7 +109,7 @@ def test_failed_allocation_changes_nothing(kit):
     kv.free(a)
     before = (refs(kv), kv.pool.free_block_ids(), kv.prefix_cache_queries, kv.prefix_cache_hits)
 
-    big = kit.new_seq("big", list(range(8)) + [80] * 9)      # 17 tokens = 5 blocks > 4
+    big = kit.new_seq("big", list(range(8)) + [80] * 9)  # 17 tokens = 5 blocks > 4
     hits, num_cached = kv.get_computed_blocks(big)
     assert num_cached == 8
     assert not kv.allocate_slots(big, 9, hits)
@@ -142,7 +142,7 @@ def test_decode_grows_the_table_one_block_at_a_time(kit):
     tables = []
     for token in range(5):
         seq.num_computed_tokens = seq.num_tokens
-        seq.output_token_ids.append(token)                    # sampled: 1 new token to compute
+        seq.output_token_ids.append(token)  # sampled: 1 new token to compute
         assert kv.allocate_slots(seq, 1)
         tables.append(list(seq.block_table))
     assert tables == [[0, 1], [0, 1], [0, 1], [0, 1], [0, 1, 2]]
@@ -152,7 +152,7 @@ def test_output_tokens_are_cached_too(kit):
     kv = KVCacheManager(num_blocks=8, block_size=4)
     seq = kit.new_seq("s", [1, 2, 3])
     admit(kv, seq)
-    seq.output_token_ids += [4, 5, 6]                        # computed through decodes
+    seq.output_token_ids += [4, 5, 6]  # computed through decodes
     kv.allocate_slots(seq, 3)
     compute_all(kv, seq)
     kv.free(seq)
@@ -190,7 +190,7 @@ def test_check_integrity_catches_a_stale_block_table(kit):
     a = kit.new_seq("a", list(range(6)))
     admit(kv, a)
     kv.check_integrity([a])
-    a.block_table.append(5)                                  # a block the pool thinks is free
+    a.block_table.append(5)  # a block the pool thinks is free
     with pytest.raises(RuntimeError):
         kv.check_integrity([a])
 

@@ -48,7 +48,7 @@ def test_many_requests_with_prefix_hits_match_reference(kit):
     assert_matches_reference(kit, results, prompts)
     stats = engine.stats()
     assert stats.prefix_cache_hits > 0 and stats.prefix_cache_queries == sum(map(len, prompts))
-    assert any(r.final.num_cached_tokens == 12 for r in results.values())   # 3 shared full blocks
+    assert any(r.final.num_cached_tokens == 12 for r in results.values())  # 3 shared full blocks
     assert stats.prompt_tokens_total == sum(map(len, prompts))
     assert stats.generation_tokens_total == 6 * len(prompts)
 
@@ -63,7 +63,7 @@ def test_a_second_wave_is_served_from_the_cache(kit):
     results = kit.run_engine(engine)
     assert results["r1"].tokens == kit.reference(prompt, 3)
     assert results["r1"].final.num_cached_tokens == 28
-    assert runner.steps[first_step] == [("r1", 28, 2)]       # only the tail was computed
+    assert runner.steps[first_step] == [("r1", 28, 2)]  # only the tail was computed
 
 
 def test_chunked_prefill_matches_reference(kit):
@@ -74,7 +74,7 @@ def test_chunked_prefill_matches_reference(kit):
     assert_matches_reference(kit, results, prompts, max_tokens=8)
     assert all(sum(n for _, _, n in step) <= 8 for step in runner.steps)
     long_chunks = [n for step in runner.steps for rid, _, n in step if rid == "r0" and n > 1]
-    assert len(long_chunks) > 1                              # the 39-token prompt was split
+    assert len(long_chunks) > 1  # the 39-token prompt was split
 
 
 def test_forced_preemption_matches_reference(kit):
@@ -135,12 +135,12 @@ def test_abort_and_finish_request_end_sequences_at_once(kit):
     submit(engine, [[1, 2, 3], [4, 5, 6], [7, 8, 9]], max_tokens=20)
     engine.step()
     engine.abort("r0")
-    engine.finish_request("r1", FinishReason.STOP)          # e.g. the detokenizer saw a stop string
+    engine.finish_request("r1", FinishReason.STOP)  # e.g. the detokenizer saw a stop string
     engine.abort("unknown")
     engine.finish_request("unknown", FinishReason.STOP)
     assert engine.stats().num_running == 1
     results = kit.run_engine(engine)
-    assert set(results) == {"r2"}                            # the ended ones report nothing more
+    assert set(results) == {"r2"}  # the ended ones report nothing more
     assert len(results["r2"].tokens) == 19
 
 

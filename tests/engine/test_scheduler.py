@@ -37,7 +37,7 @@ def test_add_rejects_prompts_that_can_never_run(kit):
     with pytest.raises(InvalidInput, match="limit is 39"):
         sched.add(kit.new_seq("long", [1] * 40))
     with pytest.raises(InvalidInput, match="KV cache"):
-        sched.add(kit.new_seq("huge", [1] * 33))            # 9 blocks > 8
+        sched.add(kit.new_seq("huge", [1] * 33))  # 9 blocks > 8
     sched.add(kit.new_seq("ok", [1] * 32))
     with pytest.raises(InvalidInput, match="already in flight"):
         sched.add(kit.new_seq("ok", [1]))
@@ -50,8 +50,8 @@ def test_full_waiting_queue_is_unavailable_not_invalid(kit):
     sched.add(kit.new_seq("b", [1]))
     with pytest.raises(Unavailable, match="queue is full"):
         sched.add(kit.new_seq("c", [1]))
-    kit.scheduler_step(sched)                                 # a and b start running
-    sched.add(kit.new_seq("c", [1]))                          # room again
+    kit.scheduler_step(sched)  # a and b start running
+    sched.add(kit.new_seq("c", [1]))  # room again
     drive(kit, sched)
 
 
@@ -70,7 +70,7 @@ def test_token_budget_and_max_num_seqs_hold_every_step(kit):
     outs = drive(kit, sched, on_step=check)
     assert all(len(s.output_token_ids) == s.sampling.max_tokens for s in seqs)
     assert all(s.finish_reason is FinishReason.LENGTH for s in seqs)
-    assert max(o.num_batched_tokens for o in outs) == 10      # the budget is actually used
+    assert max(o.num_batched_tokens for o in outs) == 10  # the budget is actually used
 
 
 def test_admission_is_first_come_first_served(kit):
@@ -111,9 +111,12 @@ def test_without_chunked_prefill_a_prompt_waits_for_a_budget_that_fits_it(kit):
     long = kit.new_seq("long", list(range(15)), max_tokens=1)
     sched.add(long)
     long_chunks = []
-    drive(kit, sched, on_step=lambda out: long_chunks.append((d2.is_finished, out.chunks["long"]))
-          if "long" in out.chunks else None)
-    assert long_chunks == [(True, (0, 15))]                   # whole, once d2 finished
+    drive(
+        kit,
+        sched,
+        on_step=lambda out: long_chunks.append((d2.is_finished, out.chunks["long"])) if "long" in out.chunks else None,
+    )
+    assert long_chunks == [(True, (0, 15))]  # whole, once d2 finished
 
 
 # ---- prefix caching at admission -----------------------------------------------------
@@ -137,7 +140,7 @@ def test_same_prompt_admitted_together_is_computed_twice_then_cached_once(kit):
     sched.add(kit.new_seq("b", prompt, max_tokens=2))
     out = kit.scheduler_step(sched)
     assert out.chunks == {"a": (0, 9), "b": (0, 9)}
-    assert sched.kv.pool.num_cached_blocks == 2              # b's copies are plain duplicates
+    assert sched.kv.pool.num_cached_blocks == 2  # b's copies are plain duplicates
     drive(kit, sched)
     c = kit.new_seq("c", prompt, max_tokens=1)
     sched.add(c)
@@ -152,14 +155,14 @@ def test_preemption_under_a_tiny_pool_then_both_complete(kit):
     sched.add(a)
     sched.add(b)
     preempted = []
-    for _ in range(6):    # prefill, then decodes: the 6th step computes token 8, which needs a 3rd block
+    for _ in range(6):  # prefill, then decodes: the 6th step computes token 8, which needs a 3rd block
         out = kit.scheduler_step(sched)
         preempted += out.preempted
-    assert preempted == [b]                                   # the newest goes
+    assert preempted == [b]  # the newest goes
     assert sched.waiting[0] is b and b.status is SequenceStatus.WAITING
     assert b.block_table == [] and b.num_computed_tokens == 0
     assert (b.num_preemptions, sched.num_preemptions) == (1, 1)
-    assert out.chunks == {"a": (8, 1)}                    # nobody is admitted in a preempting step
+    assert out.chunks == {"a": (8, 1)}  # nobody is admitted in a preempting step
     drive(kit, sched)
     assert len(a.output_token_ids) == 8 and len(b.output_token_ids) == 8
     assert a.finish_reason is b.finish_reason is FinishReason.LENGTH
@@ -178,7 +181,7 @@ def test_preemption_takes_the_most_recently_admitted_first(kit):
 
 
 def test_a_sequence_that_outgrows_the_whole_pool_fails_instead_of_looping(kit):
-    sched = make_scheduler(kit, num_blocks=3)                 # 12 tokens
+    sched = make_scheduler(kit, num_blocks=3)  # 12 tokens
     seq = kit.new_seq("s", [1, 2, 3, 4], max_tokens=20)
     sched.add(seq)
     failed = []
@@ -188,7 +191,7 @@ def test_a_sequence_that_outgrows_the_whole_pool_fails_instead_of_looping(kit):
         kit.scheduler_step(sched)
         failed += sched.take_failed()
     assert failed == [seq] and seq.finish_reason is FinishReason.ERROR
-    assert len(seq.output_token_ids) == 9                     # 13 tokens would need a 4th block
+    assert len(seq.output_token_ids) == 9  # 13 tokens would need a 4th block
     assert sched.num_preemptions == 0
     kit.check_all_free(sched)
 
@@ -196,12 +199,12 @@ def test_a_sequence_that_outgrows_the_whole_pool_fails_instead_of_looping(kit):
 def test_a_waiting_sequence_that_cannot_fit_fails_at_admission(kit):
     sched = make_scheduler(kit, num_blocks=3)
     seq = kit.new_seq("s", [1, 2, 3, 4])
-    seq.output_token_ids = list(range(10))                   # as if preempted after 10 tokens
+    seq.output_token_ids = list(range(10))  # as if preempted after 10 tokens
     sched.add(seq)
     other = kit.new_seq("o", [1], max_tokens=1)
     sched.add(other)
     out = kit.scheduler_step(sched)
-    assert out.chunks == {"o": (0, 1)}                    # the next one is admitted the same step
+    assert out.chunks == {"o": (0, 1)}  # the next one is admitted the same step
     assert sched.take_failed() == [seq]
     drive(kit, sched)
 
@@ -227,7 +230,7 @@ def test_finish_frees_blocks_at_once(kit):
     kit.scheduler_step(sched)
     sched.finish(seq, FinishReason.STOP)
     assert seq.is_finished and seq.finish_reason is FinishReason.STOP
-    sched.finish(seq, FinishReason.ABORT)                     # idempotent
+    sched.finish(seq, FinishReason.ABORT)  # idempotent
     assert seq.finish_reason is FinishReason.STOP
     kit.check_all_free(sched)
 
@@ -235,7 +238,7 @@ def test_finish_frees_blocks_at_once(kit):
 def test_update_after_step_wants_exactly_the_sampling_chunks(kit):
     sched = make_scheduler(kit, max_num_batched_tokens=4, max_num_seqs=4)
     sched.add(kit.new_seq("a", list(range(6))))
-    out = sched.schedule()                                    # a partial chunk: nothing to sample
+    out = sched.schedule()  # a partial chunk: nothing to sample
     with pytest.raises(ValueError):
         sched.update_after_step(out, {"a": 1})
     sched.update_after_step(out, {})

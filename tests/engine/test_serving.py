@@ -44,8 +44,8 @@ class GatedRunner:
         self.num_kv_blocks = inner.num_kv_blocks
         self.gate = threading.Event()
         self.gate.set()
-        self.blocked = threading.Event()   # the loop thread is parked in a step
-        self.fail_when = None              # predicate on the SchedulerOutput; fires once
+        self.blocked = threading.Event()  # the loop thread is parked in a step
+        self.fail_when = None  # predicate on the SchedulerOutput; fires once
 
     @property
     def steps(self) -> list[list[tuple[str, int, int]]]:
@@ -107,8 +107,9 @@ def serve(kit, tokenizer):
         runner = GatedRunner(kit.FakeRunner(cfg.num_kv_blocks, cfg.block_size))
         engine = LLMEngine(cfg, runner, kit.ArgmaxSampler())
         observer = Recorder(kit.check_scheduler)
-        s = SimpleNamespace(engine=engine, runner=runner, observer=observer,
-                            service=GenerationService(engine, tokenizer, observer))
+        s = SimpleNamespace(
+            engine=engine, runner=runner, observer=observer, service=GenerationService(engine, tokenizer, observer)
+        )
         made.append(s)
         return s
 
@@ -173,8 +174,10 @@ def test_concurrent_submissions_all_finish(serve, kit, tokenizer):
     prompts = [f"{word} number {i} is here" for i, word in enumerate(WORDS)]
     sinks = [Sink() for _ in prompts]
     # Every client id is "", as with Triton clients that set none: the service keys requests itself.
-    threads = [threading.Thread(target=s.service.submit, args=("", p, SamplingParams(max_tokens=10 + i), sink))
-               for i, (p, sink) in enumerate(zip(prompts, sinks))]
+    threads = [
+        threading.Thread(target=s.service.submit, args=("", p, SamplingParams(max_tokens=10 + i), sink))
+        for i, (p, sink) in enumerate(zip(prompts, sinks))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -185,8 +188,12 @@ def test_concurrent_submissions_all_finish(serve, kit, tokenizer):
         assert sink.error is None
         assert sink.text == want.text and all(sink.deltas)
         c = sink.completion
-        assert (c.finish_reason, c.num_prompt_tokens, c.num_output_tokens, c.num_cached_tokens) == \
-            ("length", len(want.ids), 10 + i, 0)
+        assert (c.finish_reason, c.num_prompt_tokens, c.num_output_tokens, c.num_cached_tokens) == (
+            "length",
+            len(want.ids),
+            10 + i,
+            0,
+        )
     kit.check_all_free(s.engine.scheduler)
 
 
@@ -202,16 +209,21 @@ def test_cancel_mid_generation_aborts_within_one_step(serve, kit, tokenizer):
                 self.cancelled = True
                 self.cancel_step = len(s.runner.steps)
 
-        def finish(self, text, completion):   # the victim's blocks are free when it hears about it
+        def finish(self, text, completion):  # the victim's blocks are free when it hears about it
             self.seqs_left = [q.request_id for q in s.engine.scheduler.running + list(s.engine.scheduler.waiting)]
             kit.check_scheduler(s.engine.scheduler)
             super().finish(text, completion)
 
     victim = CancelAfter()
     others = {f"o{i}": Sink() for i in range(3)}
-    submit_together(s, ("victim", "Victim prompt text", SamplingParams(max_tokens=40), victim),
-                    [(rid, f"{WORDS[i]} other prompt", SamplingParams(max_tokens=30), sink)
-                     for i, (rid, sink) in enumerate(others.items())])
+    submit_together(
+        s,
+        ("victim", "Victim prompt text", SamplingParams(max_tokens=40), victim),
+        [
+            (rid, f"{WORDS[i]} other prompt", SamplingParams(max_tokens=30), sink)
+            for i, (rid, sink) in enumerate(others.items())
+        ],
+    )
     wait(victim, *others.values())
 
     c = victim.completion
@@ -277,19 +289,24 @@ def test_abort_by_request_id_ends_only_that_request(serve, kit, tokenizer):
     s = serve()
 
     class Started(Sink):
+        """Holds the engine at the victim's first delta until the abort is in, so a fast fake
+        model cannot run the victim to its end before the abort arrives (a race on a busy CPU)."""
+
         def __init__(self):
             super().__init__()
-            self.started = threading.Event()
+            self.started, self.abort_sent = threading.Event(), threading.Event()
 
         def send_delta(self, text):
             super().send_delta(text)
             self.started.set()
+            self.abort_sent.wait(WAIT_S)
 
     victim, other = Started(), Sink()
     s.service.submit("route-1", "Victim prompt text", SamplingParams(max_tokens=200), victim)
     s.service.submit("route-2", "Apple other prompt", SamplingParams(max_tokens=30), other)
     assert victim.started.wait(WAIT_S)
     s.service.abort("route-1")
+    victim.abort_sent.set()
     wait(victim, other)
     assert victim.completion.finish_reason == "abort" and victim.completion.num_output_tokens < 200
     assert other.completion.finish_reason == "length"
@@ -327,23 +344,26 @@ def test_stop_string_cuts_the_text_and_frees_the_blocks(serve, kit, tokenizer, l
     assert cut > 0
     # the step at which the stop string is complete
     n = next(i for i in range(1, 41) if stop in tokenizer.decode(full.out[:i], skip_special_tokens=True))
-    max_tokens = 40 if limit == "loose" else n   # same_step: max_tokens ends it in that step too
+    max_tokens = 40 if limit == "loose" else n  # same_step: max_tokens ends it in that step too
     sink = Sink()
     s.service.submit("stop", prompt, SamplingParams(max_tokens=max_tokens, stop=["zzz", stop]), sink)
     wait(sink)
     assert sink.error is None
     assert sink.text == full.text[:cut]
     assert (sink.completion.finish_reason, sink.completion.num_output_tokens) == ("stop", n)
-    assert len(s.runner.steps) == n   # no step after the one that completed the stop string
+    assert len(s.runner.steps) == n  # no step after the one that completed the stop string
     kit.check_all_free(s.engine.scheduler)
 
 
 def test_runner_failure_fails_live_requests_and_service_recovers(serve, kit, tokenizer):
     s = serve()
     sinks = {rid: Sink() for rid in ("a", "b", "c")}
-    s.runner.fail_when = lambda out: len(out.chunks) == 3   # the step that has all three
-    submit_together(s, ("a", "Apple first prompt", SamplingParams(max_tokens=30), sinks["a"]),
-                    [(rid, f"{rid} later prompt", SamplingParams(max_tokens=30), sinks[rid]) for rid in ("b", "c")])
+    s.runner.fail_when = lambda out: len(out.chunks) == 3  # the step that has all three
+    submit_together(
+        s,
+        ("a", "Apple first prompt", SamplingParams(max_tokens=30), sinks["a"]),
+        [(rid, f"{rid} later prompt", SamplingParams(max_tokens=30), sinks[rid]) for rid in ("b", "c")],
+    )
     wait(*sinks.values())
     for sink in sinks.values():
         assert sink.completion is None
@@ -359,7 +379,7 @@ def test_runner_failure_fails_live_requests_and_service_recovers(serve, kit, tok
 
 
 def test_request_outgrowing_the_kv_cache_fails(serve, kit, tokenizer):
-    s = serve(num_kv_blocks=4)   # 16 tokens in all
+    s = serve(num_kv_blocks=4)  # 16 tokens in all
     sink, fine = Sink(), Sink()
     s.service.submit("big", "Apple pie", SamplingParams(max_tokens=40), sink)
     wait(sink)
@@ -372,10 +392,13 @@ def test_request_outgrowing_the_kv_cache_fails(serve, kit, tokenizer):
 def test_full_waiting_queue_rejects_with_unavailable(serve, kit, tokenizer):
     s = serve(max_waiting=1)
     sinks = {rid: Sink() for rid in "abcd"}
-    submit_together(s, ("a", "a prompt", SamplingParams(max_tokens=5), sinks["a"]),
-                    [(rid, f"{rid} prompt", SamplingParams(max_tokens=5), sinks[rid]) for rid in "bcd"])
+    submit_together(
+        s,
+        ("a", "a prompt", SamplingParams(max_tokens=5), sinks["a"]),
+        [(rid, f"{rid} prompt", SamplingParams(max_tokens=5), sinks[rid]) for rid in "bcd"],
+    )
     wait(*sinks.values())
-    for rid in "ab":   # a is running, b takes the one waiting place
+    for rid in "ab":  # a is running, b takes the one waiting place
         assert sinks[rid].text == expect(kit, tokenizer, f"{rid} prompt", 5).text
     for rid in "cd":
         assert isinstance(sinks[rid].error, Unavailable) and sinks[rid].completion is None
@@ -394,11 +417,11 @@ def test_bad_prompts_are_rejected_at_submit(serve):
 def test_shutdown_fails_queued_and_live_requests(serve):
     s = serve()
     live, queued, late = Sink(), Sink(), Sink()
-    s.runner.hold()                                   # park the first step
+    s.runner.hold()  # park the first step
     s.service.submit("live", "Live prompt", SamplingParams(max_tokens=30), live)
     assert s.runner.blocked.wait(WAIT_S)
     s.service.submit("queued", "Queued prompt", SamplingParams(max_tokens=30), queued)
-    s.service.shutdown(timeout=0.01)                  # the loop is parked: this only marks it stopping
+    s.service.shutdown(timeout=0.01)  # the loop is parked: this only marks it stopping
     assert s.service._thread.is_alive()
     with pytest.raises(Unavailable):
         s.service.submit("late", "Too late", SamplingParams(max_tokens=4), late)
@@ -414,8 +437,11 @@ def test_shutdown_fails_queued_and_live_requests(serve):
 def test_observer_gets_every_callback(serve, kit):
     s = serve()
     sinks = [Sink(), Sink()]
-    submit_together(s, ("x", "Xylophone", SamplingParams(max_tokens=5), sinks[0]),
-                    [("y", "Yellow", SamplingParams(max_tokens=7), sinks[1])])
+    submit_together(
+        s,
+        ("x", "Xylophone", SamplingParams(max_tokens=5), sinks[0]),
+        [("y", "Yellow", SamplingParams(max_tokens=7), sinks[1])],
+    )
     wait(*sinks)
     obs = s.observer
     assert len(obs.first_token) == 2
@@ -435,8 +461,11 @@ def test_a_broken_sink_fails_only_its_request(serve, kit, tokenizer):
             raise ConnectionError("client went away")
 
     broken, fine = Broken(), Sink()
-    submit_together(s, ("broken", "Broken prompt", SamplingParams(max_tokens=20), broken),
-                    [("fine", "Fine prompt", SamplingParams(max_tokens=20), fine)])
+    submit_together(
+        s,
+        ("broken", "Broken prompt", SamplingParams(max_tokens=20), broken),
+        [("fine", "Fine prompt", SamplingParams(max_tokens=20), fine)],
+    )
     wait(broken, fine)
     assert isinstance(broken.error, ConnectionError)
     assert fine.text == expect(kit, tokenizer, "Fine prompt", 20).text

@@ -14,15 +14,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tritonrag.engine import model as model_mod
-from tritonrag.engine import paged_attention
-from tritonrag.engine.model import (
-    Attention, AttentionMetadata, GatherScratch, LlamaConfig, Linear, _split_sorted, attend_with_prefix, can_prepack,
+from tritonrag.engine.runners import llama as model_mod
+from tritonrag.engine.runners import paged_attention
+from tritonrag.engine.runners.llama import (
+    Attention,
+    AttentionMetadata,
+    GatherScratch,
+    Linear,
+    LlamaConfig,
+    _split_sorted,
+    attend_with_prefix,
+    can_prepack,
 )
 
-CFG = LlamaConfig(vocab_size=64, hidden_size=96, intermediate_size=128, num_layers=2, num_heads=6, num_kv_heads=2,
-                  head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=512,
-                  tie_word_embeddings=True)
+CFG = LlamaConfig(
+    vocab_size=64,
+    hidden_size=96,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=6,
+    num_kv_heads=2,
+    head_dim=16,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    max_position_embeddings=512,
+    tie_word_embeddings=True,
+)
 BLOCK_SIZE = 4
 NUM_BLOCKS = 400
 
@@ -69,8 +86,13 @@ def test_decode_buckets_cover_each_decode_once_with_its_own_context():
 def _reference(q, k_seq, v_seq, q_positions) -> torch.Tensor:
     """One sequence: q [Tq, H, D] over its keys [C, KVH, D], query i seeing keys <= q_positions[i]."""
     mask = torch.arange(k_seq.shape[0])[None, :] <= q_positions[:, None]
-    o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_seq.transpose(0, 1)[None], v_seq.transpose(0, 1)[None],
-                                       attn_mask=mask, enable_gqa=True)
+    o = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],
+        k_seq.transpose(0, 1)[None],
+        v_seq.transpose(0, 1)[None],
+        attn_mask=mask,
+        enable_gqa=True,
+    )
     return o[0].transpose(0, 1)
 
 
@@ -87,10 +109,14 @@ def decode_op():
 @pytest.mark.parametrize("decode", ["buckets, cost 0", "buckets, cost 16", "one bucket", "paged decode op"])
 def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, decode):
     """Decodes of very different lengths, a chunk from position 0 and a chunk after a cached prefix, packed together."""
-    monkeypatch.setattr(model_mod, "BUCKET_COST_BLOCKS", {"buckets, cost 0": 0, "buckets, cost 16": 16}.get(decode, 10**9))
+    monkeypatch.setattr(
+        model_mod, "BUCKET_COST_BLOCKS", {"buckets, cost 0": 0, "buckets, cost 16": 16}.get(decode, 10**9)
+    )
     torch.manual_seed(0)
     rng = random.Random(2)
-    cfg = CFG if decode != "paged decode op" else dataclasses.replace(CFG, head_dim=64)   # the op is built for 64 and 128
+    cfg = (
+        CFG if decode != "paged decode op" else dataclasses.replace(CFG, head_dim=64)
+    )  # the op is built for 64 and 128
     H, KVH, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     attn = Attention(cfg, GatherScratch()).eval()
     if decode == "paged decode op":
@@ -104,11 +130,20 @@ def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, d
     x = torch.randn(T, cfg.hidden_size)
     positions = torch.cat([torch.arange(ctx - q, ctx) for q, ctx in plan])
     cos, sin = (t[positions][:, None] for t in model_mod.rope_table(D, CFG.rope_theta, 512))
-    meta = AttentionMetadata.build([q for q, _ in plan], [c for _, c in plan], tables, BLOCK_SIZE, [0], "cpu",
-                                   paged_decode=attn.decode_op is not None)
-    assert (meta.decode_tables is not None) == (decode == "paged decode op") and bool(meta.decode_buckets) != (meta.decode_tables is not None)
+    meta = AttentionMetadata.build(
+        [q for q, _ in plan],
+        [c for _, c in plan],
+        tables,
+        BLOCK_SIZE,
+        [0],
+        "cpu",
+        paged_decode=attn.decode_op is not None,
+    )
+    assert (meta.decode_tables is not None) == (decode == "paged decode op") and bool(meta.decode_buckets) != (
+        meta.decode_tables is not None
+    )
     with torch.inference_mode():
-        got = attn(x, cos, sin, k_cache, v_cache, meta)                         # writes this step's K/V too
+        got = attn(x, cos, sin, k_cache, v_cache, meta)  # writes this step's K/V too
         qkv = attn.qkv_proj(x)
         q = model_mod.apply_rope(qkv[:, : H * D].view(T, H, D), cos, sin)
         expected, row = [], 0
@@ -132,8 +167,8 @@ def test_paged_decode_op_matches_torch_for_every_context_length(dtype):
     tables = torch.stack([torch.randperm(NUM_BLOCKS)[:33] for _ in lens])
     q = torch.randn(len(lens), KVH * G, D).to(dtype)
     context_lens = torch.tensor(lens)
-    got = op(q, k_cache, v_cache, tables, context_lens, D ** -0.5)
-    want = paged_attention.reference_decode(q, k_cache, v_cache, tables, context_lens, D ** -0.5)
+    got = op(q, k_cache, v_cache, tables, context_lens, D**-0.5)
+    want = paged_attention.reference_decode(q, k_cache, v_cache, tables, context_lens, D**-0.5)
     tolerance = dict(atol=2e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(got, want, **tolerance)
 
@@ -154,7 +189,9 @@ def test_prefix_merge_equals_one_masked_sdpa():
     torch.testing.assert_close(attend_with_prefix(q, k, v, pk, pv), want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not can_prepack(torch.empty(1)), reason="oneDNN prepacked fp32 GEMM is not available in this torch build")
+@pytest.mark.skipif(
+    not can_prepack(torch.empty(1)), reason="oneDNN prepacked fp32 GEMM is not available in this torch build"
+)
 def test_prepacked_linear_matches_f_linear_and_traces_as_a_plain_linear():
     torch.manual_seed(4)
     layer = Linear(96, 160, bias=False)

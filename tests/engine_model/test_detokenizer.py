@@ -44,7 +44,7 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def test_multibyte_text_streams_without_broken_characters(tokenizer):
     ids = encode(tokenizer, MULTIBYTE)
-    assert any("\ufffd" in tokenizer.decode([i]) for i in ids)     # some tokens hold partial characters
+    assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # some tokens hold partial characters
     deltas, detok = stream(tokenizer, ids)
     assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True) == MULTIBYTE == detok.text
     assert not any("\ufffd" in d for d in deltas)
@@ -84,7 +84,7 @@ def test_stop_string_prefix_is_held_back_until_disambiguated(tokenizer):
     emitted = ""
     for token_id in encode(tokenizer, "hello <sto"):
         emitted += detok.add(token_id)
-    assert emitted == "hello "                                      # "<sto" could still become "<stop>"
+    assert emitted == "hello "  # "<sto" could still become "<stop>"
     for token_id in encode(tokenizer, "ry"):
         emitted += detok.add(token_id)
     emitted += detok.finish()

@@ -13,7 +13,7 @@ import torch
 
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.llm_engine import LLMEngine
-from tritonrag.engine.model_runner import ModelRunner
+from tritonrag.engine.runners.torch_runner import ModelRunner
 from tritonrag.engine.sampler import Sampler
 from tritonrag.paths import generator_weights_dir
 from tritonrag.sampling import SamplingParams
@@ -61,8 +61,13 @@ def expected(prompts) -> list[list[int]]:
     config = model.generation_config
     config.eos_token_id = None
     return [
-        model.generate(torch.tensor([ids]), generation_config=config, max_new_tokens=NEW_TOKENS,
-                       min_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids):].tolist()
+        model.generate(
+            torch.tensor([ids]),
+            generation_config=config,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )[0, len(ids) :].tolist()
         for ids in prompts
     ]
 
@@ -90,8 +95,14 @@ def assert_all_blocks_free(engine: LLMEngine) -> None:
 
 
 def config(**overrides) -> EngineConfig:
-    values = dict(model_dir=str(WEIGHTS), block_size=16, num_kv_blocks=256, max_num_seqs=8,
-                  max_num_batched_tokens=512, max_model_len=1024)
+    values = dict(
+        model_dir=str(WEIGHTS),
+        block_size=16,
+        num_kv_blocks=256,
+        max_num_seqs=8,
+        max_num_batched_tokens=512,
+        max_model_len=1024,
+    )
     values.update(overrides)
     return EngineConfig(**values)
 

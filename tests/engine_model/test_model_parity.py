@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tritonrag.engine.config import EngineConfig
-from tritonrag.engine.model_runner import ModelRunner
+from tritonrag.engine.runners.torch_runner import ModelRunner
 from tritonrag.engine.sequence import ScheduledChunk, SchedulerOutput, Sequence
 from tritonrag.paths import generator_weights_dir
 from tritonrag.sampling import SamplingParams
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(
     reason=f"no generator weights in {WEIGHTS}: run `python build/prepare_weights.py`",
 )
 
-LOGITS_ATOL = 2e-4      # fp32; observed max |diff| ~4e-5 on logits of magnitude ~20
-BLOCK_SIZE = 4          # small blocks: every sequence spans many, non-contiguous ones
+LOGITS_ATOL = 2e-4  # fp32; observed max |diff| ~4e-5 on logits of magnitude ~20
+BLOCK_SIZE = 4  # small blocks: every sequence spans many, non-contiguous ones
 NEW_TOKENS = 20
 QUESTIONS = [
     "What is the capital of France?",
@@ -41,7 +41,9 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def prompts(tokenizer) -> list[list[int]]:
     chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    encoded = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True) for c in chats]
+    encoded = [
+        tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True) for c in chats
+    ]
     return [e["input_ids"] for e in encoded]
 
 
@@ -65,7 +67,7 @@ def hf_greedy(hf_model, prompts) -> list[list[int]]:
         for ids in prompts:
             x = torch.tensor([ids])
             y = hf_model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS, do_sample=False)
-            outs.append(y[0, len(ids):].tolist())
+            outs.append(y[0, len(ids) :].tolist())
     return outs
 
 
@@ -117,7 +119,7 @@ def test_packed_prefill_matches_hf_last_token_logits(runner, hf_model, prompts):
     chunks = [ScheduledChunk(s, s.num_prompt_tokens) for s in seqs]
     for chunk in chunks:
         alloc.cover(chunk.seq, chunk.end)
-    logits = runner.execute(SchedulerOutput(chunks))                       # one forward, three prompts
+    logits = runner.execute(SchedulerOutput(chunks))  # one forward, three prompts
     assert logits.shape == (3, runner.vocab_size)
     with torch.inference_mode():
         for i, ids in enumerate(prompts):
@@ -131,7 +133,7 @@ def test_chunk_starting_mid_sequence_matches_hf(runner, hf_model, prompts):
     alloc = TinyAllocator(runner.num_kv_blocks, runner.block_size)
     seq = Sequence("s", list(ids), SamplingParams())
     cut = len(ids) - 7
-    run_step(runner, alloc, [(seq, cut)])                                    # no logits: does not reach the end
+    run_step(runner, alloc, [(seq, cut)])  # no logits: does not reach the end
     chunk = ScheduledChunk(seq, len(ids) - cut)
     alloc.cover(seq, chunk.end)
     logits = runner.execute(SchedulerOutput([chunk]))
@@ -148,7 +150,9 @@ def test_greedy_decode_loop_matches_hf_generate(runner, prompts, hf_greedy):
 
 
 def test_bfloat16_runs_and_reports_agreement(prompts, hf_greedy):
-    runner = ModelRunner(EngineConfig(model_dir=str(WEIGHTS), dtype="bfloat16", block_size=BLOCK_SIZE, num_kv_blocks=256))
+    runner = ModelRunner(
+        EngineConfig(model_dir=str(WEIGHTS), dtype="bfloat16", block_size=BLOCK_SIZE, num_kv_blocks=256)
+    )
     ours = greedy_generate(runner, prompts, NEW_TOKENS)
     for i, (got, want) in enumerate(zip(ours, hf_greedy)):
         n = len(want)

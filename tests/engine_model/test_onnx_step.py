@@ -12,17 +12,17 @@ import os
 
 import pytest
 import torch
-
 from test_engine_parity import SHARED
 from test_model_parity import TinyAllocator
+
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.factory import build_engine
 from tritonrag.engine.llm_engine import LLMEngine
-from tritonrag.engine.model_runner import ModelRunner, order_chunks
-from tritonrag.engine.onnx_step import (
-    INPUT_NAMES, OUTPUT_NAMES, OnnxModelRunner, build_step_inputs, export_generator_step, stale_graph_reason,
-)
-from tritonrag.engine.sampler import Sampler
+from tritonrag.engine.runners.base import order_chunks
+from tritonrag.engine.runners.onnx_runner import OnnxModelRunner
+from tritonrag.engine.runners.step_export import export_generator_step, stale_graph_reason
+from tritonrag.engine.runners.step_graph import INPUT_NAMES, OUTPUT_NAMES, build_step_inputs
+from tritonrag.engine.runners.torch_runner import ModelRunner
 from tritonrag.engine.sequence import ScheduledChunk, SchedulerOutput, Sequence
 from tritonrag.paths import generator_weights_dir, onnx_dir
 from tritonrag.sampling import SamplingParams
@@ -40,9 +40,38 @@ KV_ATOL = 5e-4
 NEW_TOKENS = 16
 # Ops the graph may use: all in TensorRT's ONNX parser; no sequences, loops or If.
 TENSORRT_FRIENDLY_OPS = {
-    "Add", "Cast", "Concat", "Div", "Exp", "Expand", "Gather", "Gemm", "LessOrEqual", "Less", "MatMul", "Max", "Mul", "Neg",
-    "Not", "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Reshape", "Shape", "Sigmoid", "Softmax", "Split", "Sqrt",
-    "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
+    "Add",
+    "Cast",
+    "Concat",
+    "Div",
+    "Exp",
+    "Expand",
+    "Gather",
+    "Gemm",
+    "LessOrEqual",
+    "Less",
+    "MatMul",
+    "Max",
+    "Mul",
+    "Neg",
+    "Not",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceSum",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Softmax",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
 }
 TEXTS = [
     "What is the capital of France?",
@@ -71,8 +100,14 @@ def prompts() -> list[list[int]]:
 
 
 def engine_config(graph=None, **overrides) -> EngineConfig:
-    values = dict(model_dir=str(WEIGHTS), block_size=8, num_kv_blocks=160, max_num_seqs=4,
-                  max_num_batched_tokens=48, max_model_len=1024)
+    values = dict(
+        model_dir=str(WEIGHTS),
+        block_size=8,
+        num_kv_blocks=160,
+        max_num_seqs=4,
+        max_num_batched_tokens=48,
+        max_model_len=1024,
+    )
     if graph is not None:
         values |= dict(runtime="onnxruntime", onnx_path=str(graph))
     return EngineConfig(**(values | overrides))
@@ -102,22 +137,23 @@ def test_step_inputs_pack_groups_slots_and_token_index():
     tables = [[7, 2], [5], [1, 9, 4], [8, 3]]
     for seq, table, done in zip(seqs, tables, (5, 2, 4, 0)):
         seq.block_table, seq.num_computed_tokens = table, done
-    out = SchedulerOutput([ScheduledChunk(seqs[3], 5), ScheduledChunk(seqs[0], 1), ScheduledChunk(seqs[2], 6),
-                           ScheduledChunk(seqs[1], 1)])
+    out = SchedulerOutput(
+        [ScheduledChunk(seqs[3], 5), ScheduledChunk(seqs[0], 1), ScheduledChunk(seqs[2], 6), ScheduledChunk(seqs[1], 1)]
+    )
     chunks, rows = order_chunks(out)
     step = build_step_inputs(chunks, rows, block_size=4)
     # packed rows: seq0 | seq1 | seq3 x5 (2-6) | seq2 x6 (7-12)
     assert step.positions.tolist() == [5, 2, 0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9]
     assert step.decode.past_lens.tolist() == [5, 2] and step.decode.new_index.tolist() == [[0], [1]]
-    assert step.decode.past_slots[0].tolist() == [28, 29, 30, 31, 8]          # block 7, then block 2
+    assert step.decode.past_slots[0].tolist() == [28, 29, 30, 31, 8]  # block 7, then block 2
     assert step.decode.past_slots[1, :2].tolist() == [20, 21]
     assert step.prefill.past_lens.tolist() == [0, 4]
-    assert step.prefill.past_slots[1].tolist() == [4, 5, 6, 7]                # seq2's cached block 1
+    assert step.prefill.past_slots[1].tolist() == [4, 5, 6, 7]  # seq2's cached block 1
     assert step.prefill.new_index.tolist() == [[2, 3, 4, 5, 6, 6], [7, 8, 9, 10, 11, 12]]
     # decode outputs are rows 0-1 of the concat, prefill [2, 6] follows: seq3 -> 2..6 (7 is padding), seq2 -> 8..13
     assert step.token_index.tolist() == [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13]
     assert step.slot_mapping.tolist() == [9, 22, 32, 33, 34, 35, 12, 36, 37, 38, 39, 16, 17]
-    assert step.logits_index.tolist() == [6, 0, 12, 1]                         # chunk order: seq3, seq0, seq2, seq1
+    assert step.logits_index.tolist() == [6, 0, 12, 1]  # chunk order: seq3, seq0, seq2, seq1
 
 
 def test_an_empty_group_gets_a_dummy_that_no_token_reads():
@@ -126,7 +162,7 @@ def test_an_empty_group_gets_a_dummy_that_no_token_reads():
     chunks, rows = order_chunks(SchedulerOutput([ScheduledChunk(seq, 3)]))
     step = build_step_inputs(chunks, rows, block_size=4)
     assert step.decode.new_index.shape == (1, 1) and step.decode.past_lens.tolist() == [0]
-    assert step.token_index.tolist() == [1, 2, 3]           # row 0 of the concat is the dummy decode
+    assert step.token_index.tolist() == [1, 2, 3]  # row 0 of the concat is the dummy decode
     assert all(t.shape[0] > 0 for t in step.feeds().values())
 
 
@@ -141,7 +177,7 @@ def test_mixed_batch_logits_and_cache_match_the_torch_runner(graph, prompts):
     half = b.num_prompt_tokens // 2
     plans = [
         [(a, a.num_prompt_tokens), (b, half)],
-        [(b, b.num_prompt_tokens - half), (a, 1), (c, 40)],     # b continues after its cached first half
+        [(b, b.num_prompt_tokens - half), (a, 1), (c, 40)],  # b continues after its cached first half
         [(a, 1), (b, 1), (c, c.num_prompt_tokens - 40)],
         [(a, 1), (b, 1), (c, 1)],
     ]
@@ -197,7 +233,7 @@ def test_engine_on_onnxruntime_gives_the_torch_engines_greedy_tokens(graph, prom
 def test_a_graph_that_cannot_serve_falls_back_to_torch_with_a_warning(graph, tmp_path, caplog, case):
     if case == "missing graph":
         config, why = engine_config(tmp_path / "model.onnx"), str(tmp_path / "model.onnx")
-    else:   # a precision canary (v2:dtype bfloat16) on the float32 graph
+    else:  # a precision canary (v2:dtype bfloat16) on the float32 graph
         config, why = engine_config(graph, dtype="bfloat16"), "float32 graph but the engine's dtype is bfloat16"
     with caplog.at_level(logging.WARNING, logger="tritonrag.engine.factory"):
         engine = build_engine(config)

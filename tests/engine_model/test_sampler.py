@@ -23,7 +23,7 @@ def random_logits(n: int, seed: int = 0) -> torch.Tensor:
 
 def test_greedy_is_argmax_with_torch_tie_breaking():
     logits = random_logits(4)
-    logits[2, 10] = logits[2, 20] = logits[2].max() + 1          # a tie: torch.argmax takes the first
+    logits[2, 10] = logits[2, 20] = logits[2].max() + 1  # a tie: torch.argmax takes the first
     assert Sampler().sample(logits, [seq() for _ in range(4)]) == logits.argmax(dim=-1).tolist()
 
 
@@ -46,7 +46,7 @@ def test_sampled_tokens_stay_inside_top_k():
 
 def test_sampled_tokens_stay_inside_top_p_nucleus():
     logits = torch.full((1, V), -10.0)
-    logits[0, :4] = torch.tensor([3.0, 2.0, 1.0, 0.0])            # probs ~ .64 .24 .09 .03
+    logits[0, :4] = torch.tensor([3.0, 2.0, 1.0, 0.0])  # probs ~ .64 .24 .09 .03
     sampler = Sampler(seed=0)
     drawn = {sampler.sample(logits, [seq(temperature=1.0, top_p=0.8)])[0] for _ in range(300)}
     assert drawn == {0, 1}
@@ -65,7 +65,7 @@ def test_same_seed_same_tokens_across_batch_compositions():
 
 
 def test_different_seeds_differ():
-    logits = torch.zeros(1, V)                                      # uniform: any two seeds agree with p = 1/V
+    logits = torch.zeros(1, V)  # uniform: any two seeds agree with p = 1/V
     a = [Sampler().sample(logits, [seq(num_outputs=n, temperature=1.0, seed=1)])[0] for n in range(5)]
     b = [Sampler().sample(logits, [seq(num_outputs=n, temperature=1.0, seed=2)])[0] for n in range(5)]
     assert a != b
@@ -76,5 +76,5 @@ def test_temperature_spreads_and_mixes_with_greedy_rows():
     sampler = Sampler(seed=0)
     rows = [seq("g"), seq("t", temperature=2.0)]
     out = [sampler.sample(logits, rows) for _ in range(100)]
-    assert {o[0] for o in out} == {int(logits[0].argmax())}       # the greedy row never moves
-    assert len({o[1] for o in out}) > 20                          # the hot row spreads over many tokens
+    assert {o[0] for o in out} == {int(logits[0].argmax())}  # the greedy row never moves
+    assert len({o[1] for o in out}) > 20  # the hot row spreads over many tokens

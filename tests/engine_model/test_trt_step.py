@@ -1,4 +1,4 @@
-"""The generator step on TensorRT (tritonrag.engine.trt_step): the runner, its profile limits, the runtime choice.
+"""The generator step on TensorRT (tritonrag.engine.runners.trt_runner): the runner, its profile limits, the runtime choice.
 
 TensorRT cannot run here: there is no GPU, and a TensorRT-RTX engine cannot even be
 deserialized without one. So the runner is tested against `OrtStandIn`, which stands in for
@@ -20,25 +20,26 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_onnx_step import KV_ATOL, engine_config, prompts, serve  # noqa: F401 - prompts: a fixture
 from test_onnx_step import pytestmark as needs_weights
-from tritonrag import trt_build, trt_runtime
+
+from tritonrag.compile import trt_build, trt_runtime
+from tritonrag.compile.onnx_export import GRAPH_FILE, OnnxRuntime, read_meta
+from tritonrag.compile.trt_build import Backend, GraphInput, derive_profile
+from tritonrag.compile.trt_runtime import TensorSpec, TrtSession
 from tritonrag.engine import trt_step
 from tritonrag.engine.factory import choose_runtime
-from tritonrag.engine.model_runner import ModelRunner
-from tritonrag.engine.onnx_step import ONNX_TYPES, stale_graph_reason
+from tritonrag.engine.runners.step_export import stale_graph_reason
+from tritonrag.engine.runners.step_graph import ONNX_TYPES, generator_dims
+from tritonrag.engine.runners.torch_runner import ModelRunner
+from tritonrag.engine.runners.trt_runner import GENERATOR_ENGINE, TrtModelRunner
 from tritonrag.engine.sequence import ScheduledChunk, SchedulerOutput, Sequence
-from tritonrag.engine.trt_step import GENERATOR_ENGINE, TrtModelRunner
-from tritonrag.onnx_export import GRAPH_FILE, OnnxRuntime, read_meta
 from tritonrag.paths import generator_weights_dir, onnx_dir
 from tritonrag.sampling import SamplingParams
-from tritonrag.trt_build import Backend, GraphInput, derive_profile, generator_dims
-from tritonrag.trt_runtime import TensorSpec, TrtSession
 
 pytestmark = needs_weights
 TYPES = {**ONNX_TYPES, "tensor(int64)": "int64"}
-STAND_IN_BACKEND = Backend("tensorrt_rtx", "1.7.1.116", None)   # what the engine cache entries below claim
+STAND_IN_BACKEND = Backend("tensorrt_rtx", "1.7.1.116", None)  # what the engine cache entries below claim
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +73,22 @@ class OrtStandIn(TrtSession):
         self.ort, self.engine_path, self.device = ort, ort.path, torch.device("cpu")
         self.inputs = [_spec(value) for value in graph_inputs]
         self.outputs = [_spec(value) for value in ort.session.get_outputs()]
-        ranges = derive_profile(GENERATOR_ENGINE, tuple(GraphInput(i.name, tuple(i.shape)) for i in graph_inputs),
-                                generator_dims(profiled, num_kv_blocks))
+        ranges = derive_profile(
+            GENERATOR_ENGINE,
+            tuple(GraphInput(i.name, tuple(i.shape)) for i in graph_inputs),
+            generator_dims(profiled, num_kv_blocks),
+        )
         self.profile = {r.name: (r.min, r.max) for r in ranges}
-        self.engine_meta = {"onnx_path": str(ort.path),
-                            "key_inputs": {"onnx_sha256": read_meta(ort.path.parent)["sha256"]}}
+        self.engine_meta = {
+            "onnx_path": str(ort.path),
+            "key_inputs": {"onnx_sha256": read_meta(ort.path.parent)["sha256"]},
+        }
         self.steps: list[tuple[int, int, int]] = []
 
     def _execute(self, tensors):
-        self.steps.append((len(tensors["input_ids"]), len(tensors["decode_past_lens"]), len(tensors["prefill_past_lens"])))
+        self.steps.append(
+            (len(tensors["input_ids"]), len(tensors["decode_past_lens"]), len(tensors["prefill_past_lens"]))
+        )
         values = self.ort.run({name: t.numpy() for name, t in tensors.items()}, self.output_names)
         return {name: torch.from_numpy(values[name]) for name in self.output_names}
 
@@ -99,7 +107,7 @@ def test_engine_on_the_stand_in_gives_the_torch_engines_greedy_tokens(ort_step, 
     all three decoding in one batch; greedy tokens and the final KV pool as the torch engine's."""
     config = stand_in_config(ort_step)
     session = OrtStandIn(ort_step, config, config.num_kv_blocks)
-    monkeypatch.setattr(trt_step, "tensorrt_unavailable", lambda config: None)   # no GPU, no engine here
+    monkeypatch.setattr(trt_step, "tensorrt_unavailable", lambda config: None)  # no GPU, no engine here
     monkeypatch.setattr(trt_step, "open_step_session", lambda config: session)
     chosen = [prompts[0], prompts[1], prompts[3]]
     trt_engine, got = serve(config, chosen)
@@ -112,13 +120,19 @@ def test_engine_on_the_stand_in_gives_the_torch_engines_greedy_tokens(ort_step, 
 
 
 # ---- profile limits: refused at load, and per step --------------------------------------------------------
-@pytest.mark.parametrize("profiled, blocks, message", [
-    (dict(max_num_seqs=2, max_num_batched_tokens=32), 160,
-     r"T 1..48 \(max_num_batched_tokens\) but the engine takes 1..32; decode_seqs 1..4 \(max_num_seqs\) but the engine takes 1..2"),
-    (dict(block_size=16), 160, r"block_size 8..8 \(block_size\) but the engine takes 16..16"),
-    (dict(), 100, r"num_blocks 1..160 \(the KV pool's blocks: .*\) but the engine takes 1..100"),
-    (dict(max_model_len=512), 160, r"decode_past 1..1024 \(max_model_len\) but the engine takes 1..512"),
-])
+@pytest.mark.parametrize(
+    "profiled, blocks, message",
+    [
+        (
+            dict(max_num_seqs=2, max_num_batched_tokens=32),
+            160,
+            r"T 1..48 \(max_num_batched_tokens\) but the engine takes 1..32; decode_seqs 1..4 \(max_num_seqs\) but the engine takes 1..2",
+        ),
+        (dict(block_size=16), 160, r"block_size 8..8 \(block_size\) but the engine takes 16..16"),
+        (dict(), 100, r"num_blocks 1..160 \(the KV pool's blocks: .*\) but the engine takes 1..100"),
+        (dict(max_model_len=512), 160, r"decode_past 1..1024 \(max_model_len\) but the engine takes 1..512"),
+    ],
+)
 def test_a_config_past_the_engines_profile_is_refused_at_load(ort_step, profiled, blocks, message):
     session = OrtStandIn(ort_step, stand_in_config(ort_step, **profiled), blocks)
     with pytest.raises(ValueError, match=f"cannot run every step this config schedules: .*{message}.*make engines"):
@@ -135,8 +149,11 @@ def test_a_step_past_the_profile_is_refused_before_it_runs(ort_step):
         seq = Sequence(str(i), [1, 2, 3], SamplingParams())
         seq.block_table, seq.num_computed_tokens = [i], 2
         chunks.append(ScheduledChunk(seq, 1))
-    with pytest.raises(ValueError, match=r"'decode_past_slots' has shape \[5, 2\]; the engine's profile accepts "
-                                         r"\[1, 1\] to \[4, 1024\] \(rebuild with larger settings: make engines\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'decode_past_slots' has shape \[5, 2\]; the engine's profile accepts "
+        r"\[1, 1\] to \[4, 1024\] \(rebuild with larger settings: make engines\)",
+    ):
         runner.execute(SchedulerOutput(chunks))
     assert session.steps == [] and not runner.kv_cache.any()
     with pytest.raises(TypeError, match="input 'input_ids' must be int64, got torch.int32"):
@@ -149,11 +166,20 @@ def write_cache_entry(root: Path, session: OrtStandIn) -> Path:
     stand-in's graph and profile; the engine file is a placeholder nothing deserializes."""
     folder = root / GENERATOR_ENGINE / "0123456789abcdef"
     folder.mkdir(parents=True)
-    meta = {**session.engine_meta, "backend": STAND_IN_BACKEND.name, "backend_version": STAND_IN_BACKEND.version,
-            "compute_capability": "sm89", "built_at": "2026-11-01T00:00:00+00:00",
-            "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in session.inputs],
-            "profiles": [{name: {"min": list(low), "opt": list(high), "max": list(high)}
-                          for name, (low, high) in session.profile.items()}]}
+    meta = {
+        **session.engine_meta,
+        "backend": STAND_IN_BACKEND.name,
+        "backend_version": STAND_IN_BACKEND.version,
+        "compute_capability": "sm89",
+        "built_at": "2026-11-01T00:00:00+00:00",
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in session.inputs],
+        "profiles": [
+            {
+                name: {"min": list(low), "opt": list(high), "max": list(high)}
+                for name, (low, high) in session.profile.items()
+            }
+        ],
+    }
     (folder / trt_build.META_FILE).write_text(json.dumps(meta))
     (folder / trt_build.ENGINE_FILE).write_bytes(b"stand-in")
     return folder / trt_build.ENGINE_FILE
@@ -181,8 +207,10 @@ def test_tensorrt_is_chosen_only_for_an_engine_that_serves_the_config(ort_step, 
     if case == "fits":
         assert (choice.name, choice.reasons) == ("tensorrt", ())
         return
-    why = {"profile too small": "decode_seqs 1..4 (max_num_seqs) but the engine takes 1..2",
-           "graph exported again": f"cannot tell which weights {engine} holds: the graph it was built from"}[case]
+    why = {
+        "profile too small": "decode_seqs 1..4 (max_num_seqs) but the engine takes 1..2",
+        "graph exported again": f"cannot tell which weights {engine} holds: the graph it was built from",
+    }[case]
     assert choice.name != "tensorrt" and choice.fell_back
     assert why in choice.reasons[0], choice.reasons
 
@@ -190,14 +218,16 @@ def test_tensorrt_is_chosen_only_for_an_engine_that_serves_the_config(ort_step, 
 @pytest.mark.parametrize("case", ["cpu", "no tensorrt module", "no engine"])
 def test_tensorrt_falls_back_with_the_reason_logged_once(ort_step, gpu_host, monkeypatch, caplog, case):
     device = "cpu" if case == "cpu" else "cuda"
-    if case == "no tensorrt module":   # the real load_backend, finding neither module
+    if case == "no tensorrt module":  # the real load_backend, finding neither module
         monkeypatch.setattr(trt_runtime, "load_backend", trt_build.load_backend)
         for name in trt_build.BACKENDS:
             monkeypatch.setitem(trt_build._MODULES, name, f"no_such_module_{name}")
-    why = {"cpu": "a TensorRT engine needs a CUDA GPU",
-           "no tensorrt module": "no TensorRT backend can be imported",
-           "no engine": f"no generator engine in {gpu_host / GENERATOR_ENGINE} built by tensorrt_rtx 1.7.1.116 "
-                        "for sm89 (the cache holds: nothing); build one: make engines"}[case]
+    why = {
+        "cpu": "a TensorRT engine needs a CUDA GPU",
+        "no tensorrt module": "no TensorRT backend can be imported",
+        "no engine": f"no generator engine in {gpu_host / GENERATOR_ENGINE} built by tensorrt_rtx 1.7.1.116 "
+        "for sm89 (the cache holds: nothing); build one: make engines",
+    }[case]
     with caplog.at_level(logging.INFO, logger="tritonrag"):
         choice = choose_runtime(stand_in_config(ort_step, device=device))
     assert choice.requested == "tensorrt" and choice.reasons[0].startswith(why), choice.reasons
@@ -205,7 +235,8 @@ def test_tensorrt_falls_back_with_the_reason_logged_once(ort_step, gpu_host, mon
     assert choice.name in (("onnxruntime",) if device == "cpu" else ("onnxruntime", "torch"))
     records = [r for r in caplog.records if "runtime" in r.getMessage()]
     assert [(r.name, r.levelno, r.getMessage()) for r in records] == [
-        ("tritonrag.engine.factory", logging.WARNING, f"tritonrag.engine.factory: {choice.describe()}")]
+        ("tritonrag.engine.factory", logging.WARNING, f"tritonrag.engine.factory: {choice.describe()}")
+    ]
 
 
 # ---- the real engine, on a GPU ---------------------------------------------------------------------------
@@ -222,8 +253,10 @@ def _backend_for_this_gpu() -> tuple[Backend, str]:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="TensorRT engines need a GPU (a TensorRT-RTX engine cannot even be deserialized without one)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="TensorRT engines need a GPU (a TensorRT-RTX engine cannot even be deserialized without one)",
+)
 def test_real_engine_on_cuda_gives_the_torch_engines_greedy_tokens(step_graph, prompts, tmp_path, monkeypatch):
     """Build the step engine for this GPU from the real graph, profiled for the test's config
     (a minute or more), serve through the factory on it, and compare with the torch engine on
@@ -231,9 +264,16 @@ def test_real_engine_on_cuda_gives_the_torch_engines_greedy_tokens(step_graph, p
     greedy token: a mismatch here is worth a look at the logits before blaming the runner."""
     backend, capability = _backend_for_this_gpu()
     config = engine_config(runtime="tensorrt", device="cuda", onnx_path=str(step_graph))
-    trt_build.build_engine(GENERATOR_ENGINE, step_graph, generator_dims(config, config.num_kv_blocks), backend=backend,
-                           root=tmp_path, compute_capability=capability, show_progress=False)
-    monkeypatch.setattr(trt_runtime, "engines_dir", lambda: tmp_path)   # find_engine's cache: this one only
+    trt_build.build_engine(
+        GENERATOR_ENGINE,
+        step_graph,
+        generator_dims(config, config.num_kv_blocks),
+        backend=backend,
+        root=tmp_path,
+        compute_capability=capability,
+        show_progress=False,
+    )
+    monkeypatch.setattr(trt_runtime, "engines_dir", lambda: tmp_path)  # find_engine's cache: this one only
     assert choose_runtime(config).name == "tensorrt"
     chosen = [prompts[0], prompts[1], prompts[3]]
     trt_engine, got = serve(config, chosen)

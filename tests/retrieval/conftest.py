@@ -21,18 +21,28 @@ SMALL_DOCS = {
     "automatically. Call read() for the whole content or iterate over the file object line by line.\n",
     "cooking/bread.md": "Baking bread\n\n## Dough\n\nMix flour, water, salt and yeast, knead the dough for ten "
     "minutes, let it rise for an hour, then bake it in a hot oven until the crust is brown.\n",
-    "notes.jsonl": "\n".join(json.dumps(r) for r in [
-        {"id": "garden", "title": "Gardening", "text": "Tomatoes need full sun, regular watering and a stake "
-         "to climb. Plant them after the last frost."},
-        {"text": "The train to the airport leaves every fifteen minutes from platform two; buy a ticket "
-         "at the machine before boarding."},
-    ]) + "\n",
+    "notes.jsonl": "\n".join(
+        json.dumps(r)
+        for r in [
+            {
+                "id": "garden",
+                "title": "Gardening",
+                "text": "Tomatoes need full sun, regular watering and a stake "
+                "to climb. Plant them after the last frost.",
+            },
+            {
+                "text": "The train to the airport leaves every fifteen minutes from platform two; buy a ticket "
+                "at the machine before boarding."
+            },
+        ]
+    )
+    + "\n",
 }
 
 
 @pytest.fixture(scope="session")
 def embedder():
-    from tritonrag.embedder import Embedder
+    from tritonrag.retrieval.embedder import Embedder
 
     return Embedder()
 
@@ -60,6 +70,8 @@ def build_script():
 def small_index(tmp_path_factory, docs_folder, build_script, embedder) -> Path:
     """An index of SMALL_DOCS built by the build script with small chunks."""
     out = tmp_path_factory.mktemp("index") / "small"
-    args = build_script.parse_args(["--docs", str(docs_folder), "--out", str(out), "--chunk-words", "24", "--overlap-words", "6"])
+    args = build_script.parse_args(
+        ["--docs", str(docs_folder), "--out", str(out), "--chunk-words", "24", "--overlap-words", "6"]
+    )
     build_script.run(args, embedder=embedder)
     return out

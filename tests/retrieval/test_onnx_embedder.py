@@ -15,15 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-from tritonrag.embedder import Embedder, default_model_dir
-from tritonrag.onnx_export import (
-    EMBEDDING_ATOL,
+from tritonrag.compile.onnx_export import (
     GRAPH_FILE,
     META_FILE,
-    TOKEN_STATES_ATOL,
     OnnxRuntime,
     check,
-    export_embedder,
     file_sha256,
     max_abs_diff,
     source_fingerprint,
@@ -31,6 +27,8 @@ from tritonrag.onnx_export import (
     up_to_date,
 )
 from tritonrag.paths import REPO_ROOT, index_dir
+from tritonrag.retrieval.embedder import Embedder, default_model_dir
+from tritonrag.retrieval.export import EMBEDDING_ATOL, TOKEN_STATES_ATOL, export_embedder
 
 RAGGED = [
     "What is a generator expression?",
@@ -60,7 +58,9 @@ def ort_embedder(graph):
 
 def test_graph_passes_checker_with_named_dynamic_axes(graph):
     io = check(graph)
-    assert io["inputs"] == [{"name": n, "shape": ["batch", "seq"], "dtype": "int64"} for n in ("input_ids", "attention_mask")]
+    assert io["inputs"] == [
+        {"name": n, "shape": ["batch", "seq"], "dtype": "int64"} for n in ("input_ids", "attention_mask")
+    ]
     assert io["outputs"] == [
         {"name": "embedding", "shape": ["batch", 384], "dtype": "float32"},
         {"name": "token_states", "shape": ["batch", "seq", 384], "dtype": "float32"},
@@ -95,7 +95,9 @@ def test_parity_with_torch_on_a_ragged_batch(embedder, ort_embedder):
     reference = embedder.token_states(tokens["input_ids"], tokens["attention_mask"])
     assert states.shape == reference.shape == (5, 256, 384)
     assert max_abs_diff(states, reference, tokens["attention_mask"]) <= TOKEN_STATES_ATOL
-    assert max_abs_diff(ort_embedder.embed(RAGGED, batch_size=2), embedder.embed(RAGGED, batch_size=2)) <= EMBEDDING_ATOL
+    assert (
+        max_abs_diff(ort_embedder.embed(RAGGED, batch_size=2), embedder.embed(RAGGED, batch_size=2)) <= EMBEDDING_ATOL
+    )
 
 
 @pytest.mark.parametrize("batch,seq", [(1, 2), (3, 17), (33, 5), (2, 300)])
@@ -115,8 +117,8 @@ def test_retrieval_on_the_eval_set_is_unchanged(embedder, ort_embedder):
     """The default index was built with torch embeddings: ORT query embeddings must retrieve the same."""
     if not (index_dir() / "faiss.index").exists():
         pytest.skip(f"no index at {index_dir()}: run `make setup` first")
-    from tritonrag.evaluate import load_questions
-    from tritonrag.retriever import Retriever
+    from tritonrag.retrieval.evaluate import load_questions
+    from tritonrag.retrieval.retriever import Retriever
 
     texts = [q.question for q in load_questions()]
     torch_vectors, ort_vectors = embedder.embed(texts), ort_embedder.embed(texts)
@@ -130,10 +132,10 @@ def test_retrieval_on_the_eval_set_is_unchanged(embedder, ort_embedder):
 
 def test_missing_graph_falls_back_to_torch_and_logs_why(tmp_path, caplog):
     missing = tmp_path / "embedder" / GRAPH_FILE
-    with caplog.at_level(logging.WARNING, logger="tritonrag.embedder"):
+    with caplog.at_level(logging.WARNING, logger="tritonrag.retrieval.embedder"):
         fallback = Embedder(runtime="onnxruntime", onnx_path=missing)
     assert fallback.runtime_choice.name == "torch" and fallback.runtime_choice.fell_back
-    warning = next(r for r in caplog.records if r.name == "tritonrag.embedder")
+    warning = next(r for r in caplog.records if r.name == "tritonrag.retrieval.embedder")
     assert warning.levelno == logging.WARNING
     assert str(missing) in warning.getMessage() and "configured onnxruntime" in warning.getMessage()
     assert fallback.embed(["still works"]).shape == (1, 384)
@@ -156,14 +158,14 @@ def test_graph_of_other_weights_is_not_served(tmp_path, graph, caplog):
     assert stale_reason(graph.parent, _linked_copy(tmp_path / "same", default_model_dir())) is None
     other = _linked_copy(tmp_path / "changed", default_model_dir(), {"layer_norm_eps": 1e-6})
     assert "configs differ" in stale_reason(graph.parent, other)
-    with caplog.at_level(logging.WARNING, logger="tritonrag.embedder"):
+    with caplog.at_level(logging.WARNING, logger="tritonrag.retrieval.embedder"):
         choice = Embedder(other, runtime="onnxruntime", onnx_path=graph).runtime_choice
     assert choice.name == "torch" and "configs differ" in choice.describe()
     assert any("configs differ" in r.getMessage() for r in caplog.records)
 
 
 def test_tensorrt_request_falls_back_one_step_with_reasons(graph, caplog):
-    with caplog.at_level(logging.WARNING, logger="tritonrag.embedder"):
+    with caplog.at_level(logging.WARNING, logger="tritonrag.retrieval.embedder"):
         choice = Embedder(runtime="tensorrt", onnx_path=graph).runtime_choice
     assert choice.name == "onnxruntime" and choice.requested == "tensorrt" and len(choice.reasons) == 1
     assert "configured tensorrt" in caplog.text
@@ -188,9 +190,12 @@ def test_cli_skips_an_up_to_date_graph_and_has_no_default_reranker(exported, exp
     args = export_script.parse_args(["--out", str(root)])
     assert export_script.plan(args)[:2] == [("embedder", default_model_dir()), ("reranker", None)]
     args = export_script.parse_args(["--out", str(root), "--model", "all"])
-    monkeypatch.delitem(export_script.EXPORTERS, "generator")   # its own tests cover it (a 2-minute export)
+    monkeypatch.delitem(export_script.EXPORTERS, "generator")  # its own tests cover it (a 2-minute export)
     outcomes = export_script.run(args)
-    assert [(o.model, o.status.split(":")[0]) for o in outcomes] == [("embedder", "up to date"), ("reranker", "skipped")]
+    assert [(o.model, o.status.split(":")[0]) for o in outcomes] == [
+        ("embedder", "up to date"),
+        ("reranker", "skipped"),
+    ]
     assert outcomes[0].meta == meta
     export_script.print_summary(outcomes, root)
     assert "up to date" in capsys.readouterr().out
@@ -198,23 +203,23 @@ def test_cli_skips_an_up_to_date_graph_and_has_no_default_reranker(exported, exp
 
 
 def test_failed_export_leaves_the_previous_graph(tmp_path):
-    from tritonrag.onnx_export import staging
+    from tritonrag.compile.onnx_export import staging
 
     out = tmp_path / "embedder"
     with staging(out) as folder:
         (folder / GRAPH_FILE).write_text("first")
     with pytest.raises(RuntimeError, match="beyond tolerance"), staging(out) as folder:
         (folder / GRAPH_FILE).write_text("second")
-        from tritonrag.onnx_export import _parity
+        from tritonrag.retrieval.export import _parity
 
         _parity({"embedding": (1e-3, EMBEDDING_ATOL)}, "a batch")
     assert (out / GRAPH_FILE).read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["embedder"]
 
 
 def test_maxsim_reranker_ranks_alike_on_onnxruntime_token_states(embedder, ort_embedder):
-    from tritonrag.docstore import Passage
-    from tritonrag.reranker import Reranker
-    from tritonrag.retriever import Hit
+    from tritonrag.retrieval.docstore import Passage
+    from tritonrag.retrieval.reranker import Reranker
+    from tritonrag.retrieval.retriever import Hit
 
     hits = [Hit(Passage(i, f"d{i}#0", f"d{i}", "", "test", text), 0.5) for i, text in enumerate(RAGGED)]
     want = Reranker.from_config("maxsim", embedder=embedder).rerank("How do decorators keep a docstring?", hits, 5)

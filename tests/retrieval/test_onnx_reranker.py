@@ -12,11 +12,12 @@ import logging
 import numpy as np
 import pytest
 
-from tritonrag.docstore import Passage
-from tritonrag.embedder import default_model_dir
-from tritonrag.onnx_export import GRAPH_FILE, SCORE_ATOL, check, export_cross_encoder, max_abs_diff, stale_reason
-from tritonrag.reranker import CrossEncoderScorer, Reranker
-from tritonrag.retriever import Hit
+from tritonrag.compile.onnx_export import GRAPH_FILE, check, max_abs_diff, stale_reason
+from tritonrag.retrieval.docstore import Passage
+from tritonrag.retrieval.embedder import default_model_dir
+from tritonrag.retrieval.export import SCORE_ATOL, export_cross_encoder
+from tritonrag.retrieval.reranker import CrossEncoderScorer, Reranker
+from tritonrag.retrieval.retriever import Hit
 
 QUERY = "How do I remove leading and trailing whitespace from a string?"
 PASSAGES = [
@@ -28,7 +29,9 @@ PASSAGES = [
     "ok",
 ]
 # The ranking test leaves out the 512-token passage: the parity test covers truncation, and it would pad every batch.
-HITS = [Hit(Passage(i, f"d{i}#0", f"d{i}", "", "test", text), 1.0 - i / 10) for i, text in enumerate(PASSAGES) if i != 4]
+HITS = [
+    Hit(Passage(i, f"d{i}#0", f"d{i}", "", "test", text), 1.0 - i / 10) for i, text in enumerate(PASSAGES) if i != 4
+]
 
 
 def _save_cross_encoder(folder, seed: int) -> None:
@@ -96,15 +99,15 @@ def test_onnxruntime_reranker_ranks_like_torch(exported, checkpoint):
 
 def test_missing_or_foreign_graph_falls_back_to_torch_with_the_reason_logged(exported, checkpoint, tmp_path, caplog):
     graph, _ = exported
-    with caplog.at_level(logging.WARNING, logger="tritonrag.reranker"):
+    with caplog.at_level(logging.WARNING, logger="tritonrag.retrieval.reranker"):
         missing = CrossEncoderScorer(checkpoint, runtime="onnxruntime", onnx_path=tmp_path / GRAPH_FILE)
     assert missing.runtime_choice.name == "torch" and "does not exist" in missing.runtime_choice.describe()
-    assert any(r.name == "tritonrag.reranker" and "does not exist" in r.getMessage() for r in caplog.records)
+    assert any(r.name == "tritonrag.retrieval.reranker" and "does not exist" in r.getMessage() for r in caplog.records)
 
     other = tmp_path / "other-head"
     _save_cross_encoder(other, seed=1)  # same encoder, another head: the graph would score wrongly
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="tritonrag.reranker"):
+    with caplog.at_level(logging.WARNING, logger="tritonrag.retrieval.reranker"):
         foreign = CrossEncoderScorer(other, runtime="onnxruntime", onnx_path=graph)
     assert foreign.runtime_choice.name == "torch" and "configs differ" in foreign.runtime_choice.describe()
     assert any("configs differ" in r.getMessage() for r in caplog.records)

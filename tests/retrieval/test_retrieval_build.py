@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tritonrag.corpus import Chunk
-from tritonrag.docstore import DocStore
-from tritonrag.index import load_index
+from tritonrag.retrieval.corpus import Chunk
+from tritonrag.retrieval.docstore import DocStore
+from tritonrag.retrieval.index import load_index
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,8 +25,9 @@ def test_meta_describes_the_build(small_index):
 
 
 def test_second_run_is_up_to_date(small_index, docs_folder, build_script, embedder, capsys):
-    args = build_script.parse_args(["--docs", str(docs_folder), "--out", str(small_index),
-                                    "--chunk-words", "24", "--overlap-words", "6"])
+    args = build_script.parse_args(
+        ["--docs", str(docs_folder), "--out", str(small_index), "--chunk-words", "24", "--overlap-words", "6"]
+    )
     assert build_script.run(args, embedder=embedder) == {}
     assert "up to date" in capsys.readouterr().out
 
@@ -61,13 +62,18 @@ def test_fingerprint_ignores_chunk_order(build_script):
 
 def test_hnsw_build_reports_recall(tmp_path, docs_folder, build_script, embedder):
     out = tmp_path / "hnsw"
-    args = build_script.parse_args(["--docs", str(docs_folder), "--out", str(out), "--kind", "hnsw",
-                                    "--chunk-words", "12", "--overlap-words", "2"])
+    args = build_script.parse_args(
+        ["--docs", str(docs_folder), "--out", str(out), "--kind", "hnsw", "--chunk-words", "12", "--overlap-words", "2"]
+    )
     meta = build_script.run(args, embedder=embedder)
     assert meta["index"]["kind"] == "hnsw" and 0.9 <= meta["recall_at_10"] <= 1.0
 
 
 def test_script_runs_standalone_and_explains_a_bad_append(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "build" / "build_index.py"), "--append", "--out", str(tmp_path / "none")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "build" / "build_index.py"), "--append", "--out", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "--append: no index" in result.stderr

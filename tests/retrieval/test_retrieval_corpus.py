@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tritonrag.corpus import Document, chunk, default_corpus, load_folder
 from tritonrag.errors import InvalidInput
+from tritonrag.retrieval.corpus import Document, chunk, default_corpus, load_folder
 
 
 def _doc(words: int) -> Document:
@@ -51,8 +51,9 @@ def test_load_folder_reads_txt_md_and_jsonl(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.md").write_text("intro\n\n## The Heading\n\nbody")
     (tmp_path / "b.txt").write_text("plain text")
-    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "x1", "title": "X", "text": "one"}) + "\n\n"
-                                      + json.dumps({"text": "two"}) + "\n")
+    (tmp_path / "c.jsonl").write_text(
+        json.dumps({"id": "x1", "title": "X", "text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n"
+    )
     (tmp_path / "ignored.csv").write_text("a,b")
     docs = {d.doc_id: d for d in load_folder(tmp_path)}
     assert set(docs) == {"sub/a.md", "b.txt", "x1", "c.jsonl:3"}

@@ -6,12 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tritonrag.corpus import Chunk
-from tritonrag.docstore import DocStore, Passage
+from tritonrag.retrieval.corpus import Chunk
+from tritonrag.retrieval.docstore import DocStore, Passage
 
 
 def _chunks(prefix: str, n: int) -> list[Chunk]:
-    return [Chunk(f"{prefix}#{i}", prefix, f"T{prefix}", f"src/{prefix}", f"text {prefix} {i}", i * 10) for i in range(n)]
+    return [
+        Chunk(f"{prefix}#{i}", prefix, f"T{prefix}", f"src/{prefix}", f"text {prefix} {i}", i * 10) for i in range(n)
+    ]
 
 
 def test_round_trip_in_the_order_asked(tmp_path):

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from tritonrag import evaluate
-from tritonrag.corpus import Chunk, default_corpus
-from tritonrag.docstore import DocStore
-from tritonrag.index import read_meta
 from tritonrag.paths import index_dir
+from tritonrag.retrieval import evaluate
+from tritonrag.retrieval.corpus import Chunk, default_corpus
+from tritonrag.retrieval.docstore import DocStore
+from tritonrag.retrieval.index import read_meta
 
 
 def test_eval_set_is_large_and_labels_real_documents():
@@ -26,11 +26,13 @@ def test_relevance_counts_verbatim_copies_only_in_the_right_direction(tmp_path):
     section = " ".join(f"small{i}" for i in range(40))
     other = " ".join(f"other{i}" for i in range(40))
     store = DocStore(tmp_path / "d.sqlite")
-    ids = store.add([
-        Chunk("small#0", "small", "", "", section, 0),
-        Chunk("big#0", "big", "", "", section, 0),
-        Chunk("big#1", "big", "", "", other, 0),
-    ])
+    ids = store.add(
+        [
+            Chunk("small#0", "small", "", "", section, 0),
+            Chunk("big#0", "big", "", "", section, 0),
+            Chunk("big#1", "big", "", "", other, 0),
+        ]
+    )
     small, big_copy, big_other = store.get(ids)
     rel = evaluate.Relevance(store)
     assert rel.is_hit(small, "small") and rel.is_hit(big_copy, "small")
@@ -55,8 +57,10 @@ def default_index(tmp_path_factory, build_script, embedder):
     try:
         meta = read_meta(folder)
     except FileNotFoundError:
-        pytest.skip(f"no index at {folder}: building the default corpus takes 30-75 s on 2 cores, too slow for "
-                    "this suite; run `python build/build_index.py` or set TRITONRAG_SLOW=1")
+        pytest.skip(
+            f"no index at {folder}: building the default corpus takes 30-75 s on 2 cores, too slow for "
+            "this suite; run `python build/build_index.py` or set TRITONRAG_SLOW=1"
+        )
     if not any(i.startswith("default-corpus") for i in meta.get("inputs", [])):
         pytest.skip(f"{folder} was not built from the default corpus")
     return folder

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tritonrag import index as ix
 from tritonrag.errors import InvalidInput
+from tritonrag.retrieval import index as ix
 
 
 def _unit(n: int, d: int = 32, seed: int = 0) -> np.ndarray:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tritonrag.docstore import Passage
 from tritonrag.errors import InvalidInput
-from tritonrag.reranker import CANDIDATES, DEFAULT, Reranker, bm25, terms
-from tritonrag.retriever import Hit
+from tritonrag.retrieval.docstore import Passage
+from tritonrag.retrieval.reranker import CANDIDATES, DEFAULT, Reranker, bm25, terms
+from tritonrag.retrieval.retriever import Hit
 
 
 def _hit(i: int, text: str, score: float, title: str = "") -> Hit:
@@ -77,8 +77,15 @@ def _tiny_cross_encoder(folder) -> None:
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=16, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=128, num_labels=1)
+    config = BertConfig(
+        vocab_size=len(dict.fromkeys(vocab)),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tritonrag.errors import InvalidInput
-from tritonrag.retriever import Retriever
+from tritonrag.retrieval.retriever import Retriever
 
 QUERIES = {
     "How do I stop a loop early?": "python/loops.md",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tritonrag.paths import artifacts_dir, generator_weights_dir, index_dir
-from tritonrag.server import TritonServer
+from tritonrag.triton.server import TritonServer
 
 
 def pytest_collection_modifyitems(items):
@@ -16,7 +16,9 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def server():
-    missing = [p for p in (generator_weights_dir() / "model.safetensors", index_dir() / "faiss.index") if not p.exists()]
+    missing = [
+        p for p in (generator_weights_dir() / "model.safetensors", index_dir() / "faiss.index") if not p.exists()
+    ]
     if missing:
         pytest.skip(f"artifacts missing ({', '.join(map(str, missing))}): run `make setup` first")
     instance = TritonServer.on_free_ports(log_path=artifacts_dir() / "logs" / "test-server.log")

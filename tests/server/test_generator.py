@@ -13,7 +13,7 @@ from tritonrag_clients.streaming import StreamingClient, collect, generator_inpu
 PROMPTS = [
     "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n",
     "The capital of France is",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
 ]
 
 
@@ -50,7 +50,7 @@ def hf_greedy():
     def generate(prompt: str, max_tokens: int) -> str:
         ids = tokenizer(prompt, return_tensors="pt")
         out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
-        return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
     return generate
 
@@ -104,7 +104,11 @@ def test_concurrent_streams_and_cancellation(server):
 
 
 def test_invalid_sampling_parameters(server):
-    for bad, fragment in [({"temperature": -2}, "temperature"), ({"top_p": 0}, "top_p"), ({"max_tokens": -1}, "max_tokens")]:
+    for bad, fragment in [
+        ({"temperature": -2}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": -1}, "max_tokens"),
+    ]:
         error = run(server, "hi", bad)[-1].error
         assert error is not None and fragment in error.message(), error  # streams carry no status code
 
@@ -115,8 +119,13 @@ def test_metrics_on_endpoint(server):
     assert metric(server, "tritonrag_generation_tokens_total") >= 4
     assert metric(server, "tritonrag_prompt_tokens_total") >= 1
     assert metric(server, "nv_inference_request_success", model="generator") >= 1
-    for name in ("tritonrag_inter_token_latency_seconds_count", "tritonrag_e2e_request_latency_seconds_count",
-                 "tritonrag_num_requests_waiting", "tritonrag_prefix_cache_hit_rate", "tritonrag_num_preemptions_total"):
+    for name in (
+        "tritonrag_inter_token_latency_seconds_count",
+        "tritonrag_e2e_request_latency_seconds_count",
+        "tritonrag_num_requests_waiting",
+        "tritonrag_prefix_cache_hit_rate",
+        "tritonrag_num_preemptions_total",
+    ):
         metric(server, name)
 
 

@@ -35,13 +35,21 @@ def test_streams_answer_token_by_token_with_sources(client):
 
 
 def test_top_k_sets_number_of_sources(client):
-    _, sources, _ = collect(client.stream("rag", rag_inputs("What does the with statement do?", top_k=2, sampling=GREEDY_SHORT)))
+    _, sources, _ = collect(
+        client.stream("rag", rag_inputs("What does the with statement do?", top_k=2, sampling=GREEDY_SHORT))
+    )
     assert len(sources) == 2
 
 
 def test_retrieval_finds_the_relevant_topic(client):
-    _, sources, _ = collect(client.stream("rag", rag_inputs("How does the try statement handle exceptions?", top_k=5, sampling={"max_tokens": 1})))
-    assert any("try" in s["id"] or "exception" in s["id"].lower() or "try" in s["title"].lower() for s in sources), sources
+    _, sources, _ = collect(
+        client.stream(
+            "rag", rag_inputs("How does the try statement handle exceptions?", top_k=5, sampling={"max_tokens": 1})
+        )
+    )
+    assert any("try" in s["id"] or "exception" in s["id"].lower() or "try" in s["title"].lower() for s in sources), (
+        sources
+    )
 
 
 def test_same_greedy_request_gives_same_answer(client):
@@ -114,16 +122,20 @@ def test_bad_input_gets_400_over_http(server, body, fragment):
 
 def test_http_generate_answers(server):
     body = {"query": "What is a list comprehension?", "sampling_parameters": json.dumps({"max_tokens": 8})}
-    response = requests.post(f"http://{server.http_url}/v2/models/rag/generate_stream", json=body, timeout=120, stream=True)
+    response = requests.post(
+        f"http://{server.http_url}/v2/models/rag/generate_stream", json=body, timeout=120, stream=True
+    )
     assert response.status_code == 200
-    chunks = [json.loads(line[len(b"data: "):]) for line in response.iter_lines() if line.startswith(b"data: ")]
+    chunks = [json.loads(line[len(b"data: ") :]) for line in response.iter_lines() if line.startswith(b"data: ")]
     assert any(chunk.get("text_output") for chunk in chunks)
 
 
 def test_server_keeps_serving_after_errors(client):
     for _, inputs, _ in BAD_RAG_INPUTS:
         list(client.stream("rag", inputs))
-    text, sources, last = collect(client.stream("rag", rag_inputs("How do I define a function?", sampling=GREEDY_SHORT)))
+    text, sources, last = collect(
+        client.stream("rag", rag_inputs("How do I define a function?", sampling=GREEDY_SHORT))
+    )
     assert text and sources and last.final
 
 

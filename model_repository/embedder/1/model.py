@@ -1,12 +1,12 @@
-"""Triton adapter for the query embedder (logic: tritonrag.embedder)."""
+"""Triton adapter for the query embedder (logic: tritonrag.retrieval.embedder)."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tritonrag import triton_io
-from tritonrag.embedder import Embedder
+from tritonrag.compile.runtime import pick_device
 from tritonrag.paths import embedder_model_dir
-from tritonrag.runtime import pick_device
+from tritonrag.retrieval.embedder import Embedder
+from tritonrag.triton import io as triton_io
 
 
 class TritonPythonModel:
@@ -16,8 +16,12 @@ class TritonPythonModel:
         model_dir = embedder_model_dir(params["embedder_dir"], triton_io.repository_root(args))
         onnx_path = triton_io.artifact_parameter(args, "onnx_path") if params.get("onnx_path") else None
         try:
-            self.embedder = Embedder(str(model_dir), device=pick_device(params.get("device", "auto")),
-                                     runtime=params.get("runtime", "torch"), onnx_path=onnx_path)
+            self.embedder = Embedder(
+                str(model_dir),
+                device=pick_device(params.get("device", "auto")),
+                runtime=params.get("runtime", "torch"),
+                onnx_path=onnx_path,
+            )
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"embedder: {exc}") from exc
         choice = self.embedder.runtime_choice
@@ -27,8 +31,10 @@ class TritonPythonModel:
     def execute(self, requests):
         """Pad the batch's token ids to its longest query, embed once, split per request."""
         rows = [
-            (pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy().reshape(-1),
-             pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy().reshape(-1))
+            (
+                pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy().reshape(-1),
+                pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy().reshape(-1),
+            )
             for r in requests
         ]
         width = max(ids.size for ids, _ in rows)

@@ -1,4 +1,4 @@
-"""Triton adapter for canary routing (logic: tritonrag.canary): pick a generator version, stream it back.
+"""Triton adapter for canary routing (logic: tritonrag.triton.canary): pick a generator version, stream it back.
 
 `execute` routes each request on Triton's thread (so a seeded router draws in arrival
 order) and hands it to a worker that calls the chosen generator version with a decoupled
@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tritonrag import triton_io
-from tritonrag.canary import RoutingConfig, WeightsFile, check_pin, choose, parse_pin
+from tritonrag.triton import io as triton_io
+from tritonrag.triton.canary import RoutingConfig, WeightsFile, check_pin, choose, parse_pin
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PASSED_ON = ("text_input", "sampling_parameters", "stream", "sources")
@@ -58,8 +58,12 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 inputs = _copy_inputs(request)
-                route = choose(self.weights.current(), triton_io.bytes_input(request, "routing_key", required=False),
-                               self._pin(request), self.rng)
+                route = choose(
+                    self.weights.current(),
+                    triton_io.bytes_input(request, "routing_key", required=False),
+                    self._pin(request),
+                    self.rng,
+                )
             except Exception as exc:  # noqa: BLE001 - that request's error; the server keeps serving
                 self.metrics.count("rejected")
                 sender.send(triton_io.error_response(exc), flags=FINAL)
@@ -81,8 +85,11 @@ class TritonPythonModel:
 
     def _child(self, inputs, request_id: str, version: int):
         return pb_utils.InferenceRequest(
-            model_name=self.target, model_version=version, inputs=inputs,
-            requested_output_names=self.outputs, request_id=request_id,
+            model_name=self.target,
+            model_version=version,
+            inputs=inputs,
+            requested_output_names=self.outputs,
+            request_id=request_id,
         )
 
     def _forward(self, request, sender, inputs, request_id: str, version: int, mode: str) -> None:
@@ -94,8 +101,10 @@ class TritonPythonModel:
                 if response.has_error():
                     self.metrics.count("failures", version, mode)
                     error = response.error()
-                    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code())),
-                                flags=FINAL)
+                    sender.send(
+                        pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code())),
+                        flags=FINAL,
+                    )
                     return
                 if cancelled or not response.output_tensors():
                     continue
@@ -116,8 +125,10 @@ class TritonPythonModel:
 
     def _abort(self, request_id: str, version: int) -> None:
         """Tell the generator version to drop `request_id` (frees its KV blocks within a step)."""
-        inputs = [pb_utils.Tensor("text_input", np.array([b""], dtype=np.object_)),
-                  pb_utils.Tensor("abort_request_id", np.array([request_id.encode()], dtype=np.object_))]
+        inputs = [
+            pb_utils.Tensor("text_input", np.array([b""], dtype=np.object_)),
+            pb_utils.Tensor("abort_request_id", np.array([request_id.encode()], dtype=np.object_)),
+        ]
         try:
             for response in self._child(inputs, request_id + "-abort", version).exec(decoupled=True):
                 if response.has_error():
@@ -183,17 +194,24 @@ class RouterMetrics:
 
         counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
         self.families = {
-            "requests": family("tritonrag_router_requests_total", counter,
-                               "Requests routed, by version and mode (pinned, sticky, random, shadow)"),
+            "requests": family(
+                "tritonrag_router_requests_total",
+                counter,
+                "Requests routed, by version and mode (pinned, sticky, random, shadow)",
+            ),
             "failures": family("tritonrag_router_failures_total", counter, "Routed streams that ended in an error"),
-            "shadow_skipped": family("tritonrag_router_shadow_skipped_total", counter,
-                                     "Mirrors not sent: every shadow slot busy"),
-            "aborted": family("tritonrag_router_aborted_total", counter,
-                              "Generator requests aborted because their caller cancelled"),
-            "rejected": family("tritonrag_router_rejected_total", counter,
-                               "Requests refused before routing (bad or unavailable pin)"),
-            "weight": family("tritonrag_router_weight", gauge,
-                             "Share of routed traffic by version and role (stable, canary, shadow)"),
+            "shadow_skipped": family(
+                "tritonrag_router_shadow_skipped_total", counter, "Mirrors not sent: every shadow slot busy"
+            ),
+            "aborted": family(
+                "tritonrag_router_aborted_total", counter, "Generator requests aborted because their caller cancelled"
+            ),
+            "rejected": family(
+                "tritonrag_router_rejected_total", counter, "Requests refused before routing (bad or unavailable pin)"
+            ),
+            "weight": family(
+                "tritonrag_router_weight", gauge, "Share of routed traffic by version and role (stable, canary, shadow)"
+            ),
         }
         self.target = target
         self.metrics: dict[tuple, object] = {}

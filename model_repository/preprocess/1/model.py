@@ -1,14 +1,14 @@
-"""Triton adapter for query preprocessing (logic: tritonrag.query, tritonrag.sampling)."""
+"""Triton adapter for query preprocessing (logic: tritonrag.retrieval.query, tritonrag.sampling)."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
-from tritonrag import triton_io
 from tritonrag.defaults import EMBEDDER_MAX_TOKENS
 from tritonrag.paths import embedder_model_dir
-from tritonrag.query import normalize_query, resolve_top_k
+from tritonrag.retrieval.query import normalize_query, resolve_top_k
 from tritonrag.sampling import SamplingParams
+from tritonrag.triton import io as triton_io
 
 
 class TritonPythonModel:

@@ -1,9 +1,9 @@
-"""Triton adapter for prompt building (logic: tritonrag.prompt)."""
+"""Triton adapter for prompt building (logic: tritonrag.retrieval.prompt)."""
 
 import json
 
-from tritonrag import triton_io
-from tritonrag.prompt import PromptBuilder
+from tritonrag.retrieval.prompt import PromptBuilder
+from tritonrag.triton import io as triton_io
 
 
 class TritonPythonModel:

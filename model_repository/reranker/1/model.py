@@ -1,11 +1,11 @@
-"""Triton adapter for the reranker (logic: tritonrag.reranker)."""
+"""Triton adapter for the reranker (logic: tritonrag.retrieval.reranker)."""
 
 import triton_python_backend_utils as pb_utils
 
-from tritonrag import triton_io
-from tritonrag.passages import hits_from_json, hits_to_json
-from tritonrag.reranker import Reranker
-from tritonrag.runtime import pick_device
+from tritonrag.compile.runtime import pick_device
+from tritonrag.retrieval.passages import hits_from_json, hits_to_json
+from tritonrag.retrieval.reranker import Reranker
+from tritonrag.triton import io as triton_io
 
 
 class TritonPythonModel:
@@ -17,8 +17,12 @@ class TritonPythonModel:
             checkpoint = str(triton_io.artifact_parameter(args, "checkpoint"))
         onnx_path = triton_io.artifact_parameter(args, "onnx_path") if params.get("onnx_path") else None
         try:
-            self.reranker = Reranker.from_config(checkpoint or None, device=pick_device(params.get("device", "auto")),
-                                                 runtime=params.get("runtime", "torch"), onnx_path=onnx_path)
+            self.reranker = Reranker.from_config(
+                checkpoint or None,
+                device=pick_device(params.get("device", "auto")),
+                runtime=params.get("runtime", "torch"),
+                onnx_path=onnx_path,
+            )
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"reranker: {exc}") from exc
         choice = self.reranker.runtime_choice
@@ -35,8 +39,6 @@ class TritonPythonModel:
         top_ks = [triton_io.int_input(r, "top_k", required=True) for r in requests]
         ranked = self.reranker.rerank_many(queries, candidates, max(top_ks))
         return [
-            pb_utils.InferenceResponse(
-                [triton_io.bytes_tensor("passages", hits_to_json(hits[:k]), shape=(1, 1))]
-            )
+            pb_utils.InferenceResponse([triton_io.bytes_tensor("passages", hits_to_json(hits[:k]), shape=(1, 1))])
             for hits, k in zip(ranked, top_ks)
         ]

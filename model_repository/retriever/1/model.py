@@ -1,17 +1,19 @@
-"""Triton adapter for first-stage retrieval (logic: tritonrag.retriever)."""
+"""Triton adapter for first-stage retrieval (logic: tritonrag.retrieval.retriever)."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tritonrag import triton_io
-from tritonrag.passages import hits_to_json
-from tritonrag.retriever import Retriever
+from tritonrag.retrieval.passages import hits_to_json
+from tritonrag.retrieval.retriever import Retriever
+from tritonrag.triton import io as triton_io
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = triton_io.model_parameters(args)
-        self.retriever = Retriever(triton_io.artifact_parameter(args, "index_dir"), use_gpu=params.get("use_gpu", "auto"))
+        self.retriever = Retriever(
+            triton_io.artifact_parameter(args, "index_dir"), use_gpu=params.get("use_gpu", "auto")
+        )
         self.candidates = int(params.get("rerank_candidates", "20"))
 
     def execute(self, requests):

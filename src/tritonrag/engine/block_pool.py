@@ -135,7 +135,9 @@ class BlockPool:
             if block.ref_count < 0:
                 raise RuntimeError(f"block {block.block_id} has ref_count {block.ref_count}")
             if (block.ref_count == 0) != (block.block_id in self._free):
-                raise RuntimeError(f"block {block.block_id}: ref_count {block.ref_count} but free={block.block_id in self._free}")
+                raise RuntimeError(
+                    f"block {block.block_id}: ref_count {block.ref_count} but free={block.block_id in self._free}"
+                )
             if block.block_hash is not None and self._cached.get(block.block_hash) is not block:
                 raise RuntimeError(f"block {block.block_id} has a hash the cache map does not point back to")
         for block_hash, block in self._cached.items():

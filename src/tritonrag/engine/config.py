@@ -4,28 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from tritonrag.runtime import RUNTIMES
+from tritonrag.compile.runtime import RUNTIMES
 
 
 @dataclass
 class EngineConfig:
     """Knobs of the engine; names follow vLLM's engine arguments where the meaning is the same."""
 
-    model_dir: str = ""                  # safetensors + config.json + tokenizer files
-    dtype: str = "float32"               # "float32" (exact parity with HF) or "bfloat16"
-    device: str = "cpu"                  # "cpu" or "cuda"
-    block_size: int = 16                 # tokens per KV block
-    num_kv_blocks: int = 0               # 0 = derive from kv_cache_memory_bytes
+    model_dir: str = ""  # safetensors + config.json + tokenizer files
+    dtype: str = "float32"  # "float32" (exact parity with HF) or "bfloat16"
+    device: str = "cpu"  # "cpu" or "cuda"
+    block_size: int = 16  # tokens per KV block
+    num_kv_blocks: int = 0  # 0 = derive from kv_cache_memory_bytes
     kv_cache_memory_bytes: int = 512 * 2**20
-    max_num_seqs: int = 32               # sequences per step
-    max_num_batched_tokens: int = 512    # tokens computed per step (prefill chunks + decodes)
-    max_model_len: int = 2048            # prompt + output tokens of one sequence
-    max_waiting: int = 256               # bounded waiting queue; more is rejected
+    max_num_seqs: int = 32  # sequences per step
+    max_num_batched_tokens: int = 512  # tokens computed per step (prefill chunks + decodes)
+    max_model_len: int = 2048  # prompt + output tokens of one sequence
+    max_waiting: int = 256  # bounded waiting queue; more is rejected
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    num_threads: int = 0                 # intra-op threads (torch, and ONNX Runtime's); 0 = their defaults
-    runtime: str = "torch"               # torch, onnxruntime or tensorrt (tritonrag.runtime.pick_runtime)
-    onnx_path: str = ""                  # the exported step graph, for runtime onnxruntime
+    num_threads: int = 0  # intra-op threads (torch, and ONNX Runtime's); 0 = their defaults
+    runtime: str = "torch"  # torch, onnxruntime or tensorrt (tritonrag.compile.runtime.pick_runtime)
+    onnx_path: str = ""  # the exported step graph, for runtime onnxruntime
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -42,7 +42,7 @@ class EngineConfig:
             raise ValueError("without chunked prefill, max_num_batched_tokens must be >= max_model_len")
 
     @classmethod
-    def from_parameters(cls, params: dict[str, str], **overrides) -> "EngineConfig":
+    def from_parameters(cls, params: dict[str, str], **overrides) -> EngineConfig:
         """Build from string-valued parameters (config.pbtxt); unknown keys are ignored."""
         values = {}
         for f in fields(cls):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
-REPLACEMENT = "\ufffd"   # what a partial UTF-8 character decodes to
+REPLACEMENT = "\ufffd"  # what a partial UTF-8 character decodes to
 
 
 class IncrementalDetokenizer:
@@ -21,17 +21,19 @@ class IncrementalDetokenizer:
     decoded on its own, exactly as `tokenizer.decode(output_ids)` would decode it.
     """
 
-    def __init__(self, tokenizer, prompt_ids: Seq[int] = (), stop: Seq[str] = (), skip_special_tokens: bool = True) -> None:
+    def __init__(
+        self, tokenizer, prompt_ids: Seq[int] = (), stop: Seq[str] = (), skip_special_tokens: bool = True
+    ) -> None:
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.skip_special_tokens = skip_special_tokens
         self.output_ids: list[int] = []
-        self.stopped = False                  # a stop string was found; `text` ends before it
+        self.stopped = False  # a stop string was found; `text` ends before it
         self.stop_string: str | None = None
-        self._text = ""                       # decoded so far (cut at the stop string once found)
-        self._emitted = 0                     # characters of _text already handed out
-        self._prefix_offset = 0               # window start: tokens before it are settled text
-        self._read_offset = 0                 # tokens before it have been decoded into _text
+        self._text = ""  # decoded so far (cut at the stop string once found)
+        self._emitted = 0  # characters of _text already handed out
+        self._prefix_offset = 0  # window start: tokens before it are settled text
+        self._read_offset = 0  # tokens before it have been decoded into _text
 
     @property
     def text(self) -> str:
@@ -54,8 +56,8 @@ class IncrementalDetokenizer:
         full = self._decode(self.output_ids)
         if full.startswith(self._text):
             self._text = full
-        else:   # the window decode disagreed with the full decode; keep what was streamed consistent
-            self._text += full[len(self._text):]
+        else:  # the window decode disagreed with the full decode; keep what was streamed consistent
+            self._text += full[len(self._text) :]
         return self._release(searched, final=True)
 
     def _decode(self, ids: list[int]) -> str:

@@ -1,16 +1,24 @@
-"""Assemble a ready GenerationService from an EngineConfig: tokenizer, runner, sampler, engine."""
+"""Assemble a ready GenerationService from an EngineConfig: tokenizer, runner, sampler, engine.
+
+The top of the engine package: it imports the core and every runner; nothing in the core imports it.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from tritonrag.compile.onnx_export import choose_runtime as choose_for_graph
+from tritonrag.compile.runtime import RuntimeChoice
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.llm_engine import LLMEngine
-from tritonrag.engine.model_runner import ModelRunner, PagedRunner
+from tritonrag.engine.runners.base import PagedRunner
+from tritonrag.engine.runners.onnx_runner import OnnxModelRunner
+from tritonrag.engine.runners.step_graph import graph_mismatch
+from tritonrag.engine.runners.torch_runner import ModelRunner
+from tritonrag.engine.runners.trt_runner import TrtModelRunner, tensorrt_unavailable
 from tritonrag.engine.sampler import Sampler
 from tritonrag.engine.serving import GenerationService, Observer
-from tritonrag.runtime import RuntimeChoice
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +29,7 @@ def load_tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-# tritonrag.onnx_export.choose_runtime logs its own fallbacks (at WARNING); the factory logs
+# tritonrag.compile.onnx_export.choose_runtime logs its own fallbacks (at WARNING); the factory logs
 # the whole choice once, tensorrt's reason included, so that part's logger drops them.
 _UNLOGGED = logging.getLogger(f"{__name__}.graph")
 _UNLOGGED.setLevel(logging.CRITICAL)
@@ -33,15 +41,13 @@ def choose_runtime(config: EngineConfig) -> RuntimeChoice:
     tensorrt needs a CUDA device, a TensorRT module (full TensorRT or TensorRT for RTX) and a
     generator step engine for this GPU in the engine cache (make engines), built from a graph
     of these weights, in the config's dtype, whose profile covers every step the config can
-    schedule (tritonrag.engine.trt_step.tensorrt_unavailable). Else it falls to onnxruntime.
+    schedule (tritonrag.engine.runners.trt_runner.tensorrt_unavailable). Else it falls to onnxruntime.
     onnxruntime needs the step graph at `onnx_path`, exported from these weights (its
-    meta.json; tritonrag.onnx_export.choose_runtime) and suiting the config: its dtype and
+    meta.json; tritonrag.compile.onnx_export.choose_runtime) and suiting the config: its dtype and
     its RoPE table's length. Else torch, which always runs.
     """
     skipped: tuple[str, ...] = ()
     if config.runtime == "tensorrt":
-        from tritonrag.engine.trt_step import tensorrt_unavailable
-
         reason = tensorrt_unavailable(config)
         if reason is None:
             return _logged(RuntimeChoice("tensorrt", "tensorrt"))
@@ -52,14 +58,10 @@ def choose_runtime(config: EngineConfig) -> RuntimeChoice:
 
 def _graph_choice(config: EngineConfig, requested: str) -> RuntimeChoice:
     """onnxruntime if the step graph can serve `config` (asked for), else torch: unlogged."""
-    from tritonrag.onnx_export import choose_runtime as choose_for_graph
-
     onnx_path = Path(config.onnx_path) if config.onnx_path else None
     choice = choose_for_graph(requested, config.device, onnx_path, Path(config.model_dir), logger=_UNLOGGED)
     if choice.name == "onnxruntime":
-        from tritonrag.engine.onnx_step import graph_mismatch
-
-        reason = graph_mismatch(config)   # e.g. a float32 graph for a bfloat16 canary
+        reason = graph_mismatch(config)  # e.g. a float32 graph for a bfloat16 canary
         if reason:
             choice = RuntimeChoice("torch", choice.requested, (*choice.reasons, reason))
     return choice
@@ -75,12 +77,8 @@ def build_runner(config: EngineConfig, choice: RuntimeChoice | None = None) -> P
     """The runner of the chosen runtime (chosen here when not given)."""
     choice = choice or choose_runtime(config)
     if choice.name == "tensorrt":
-        from tritonrag.engine.trt_step import TrtModelRunner
-
         return TrtModelRunner(config)
     if choice.name == "onnxruntime":
-        from tritonrag.engine.onnx_step import OnnxModelRunner
-
         return OnnxModelRunner(config)
     if choice.name == "torch":
         return ModelRunner(config)
@@ -92,6 +90,7 @@ def build_engine(config: EngineConfig, choice: RuntimeChoice | None = None) -> L
     return LLMEngine(config, runner, Sampler(), runner.eos_token_ids)
 
 
-def build_service(config: EngineConfig, observer: Observer | None = None,
-                  choice: RuntimeChoice | None = None) -> GenerationService:
+def build_service(
+    config: EngineConfig, observer: Observer | None = None, choice: RuntimeChoice | None = None
+) -> GenerationService:
     return GenerationService(build_engine(config, choice), load_tokenizer(config.model_dir), observer)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Iterable, Sequence as Seq
+from collections.abc import Iterable
+from collections.abc import Sequence as Seq
 
 from tritonrag.engine.block_pool import Block, BlockPool
 from tritonrag.engine.sequence import Sequence
@@ -37,9 +38,9 @@ class KVCacheManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks)
-        self._hashes: dict[str, list[bytes]] = {}   # request_id -> hashes of its full, cached-or-not blocks
-        self.prefix_cache_queries = 0                # prompt tokens looked up at admission
-        self.prefix_cache_hits = 0                   # of which served from the cache
+        self._hashes: dict[str, list[bytes]] = {}  # request_id -> hashes of its full, cached-or-not blocks
+        self.prefix_cache_queries = 0  # prompt tokens looked up at admission
+        self.prefix_cache_hits = 0  # of which served from the cache
 
     @property
     def num_blocks(self) -> int:
@@ -128,7 +129,7 @@ class KVCacheManager:
         hashes = self._hashes.setdefault(seq.request_id, [])
         num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
         if num_full <= len(hashes):
-            return   # most decode steps: no block filled up
+            return  # most decode steps: no block filled up
         tokens = seq.all_token_ids
         for i in range(len(hashes), num_full):
             block_tokens = tuple(tokens[i * self.block_size : (i + 1) * self.block_size])
@@ -147,9 +148,13 @@ class KVCacheManager:
         refs = [0] * self.pool.num_blocks
         for seq in seqs:
             if len(seq.block_table) < self.blocks_needed(seq.num_computed_tokens):
-                raise RuntimeError(f"{seq.request_id}: block table too short for {seq.num_computed_tokens} computed tokens")
+                raise RuntimeError(
+                    f"{seq.request_id}: block table too short for {seq.num_computed_tokens} computed tokens"
+                )
             for block_id in seq.block_table:
                 refs[block_id] += 1
         for block in self.pool.blocks:
             if refs[block.block_id] != block.ref_count:
-                raise RuntimeError(f"block {block.block_id}: ref_count {block.ref_count}, held by {refs[block.block_id]} tables")
+                raise RuntimeError(
+                    f"block {block.block_id}: ref_count {block.ref_count}, held by {refs[block.block_id]} tables"
+                )

@@ -94,7 +94,9 @@ class LLMEngine:
         self.eos_token_ids = frozenset(tokenizer_eos_ids)
         num_blocks = getattr(runner, "num_kv_blocks", 0) or config.num_kv_blocks
         if num_blocks < 1:
-            raise ValueError("the number of KV blocks is unknown: set config.num_kv_blocks or give the runner num_kv_blocks")
+            raise ValueError(
+                "the number of KV blocks is unknown: set config.num_kv_blocks or give the runner num_kv_blocks"
+            )
         self.scheduler = Scheduler(config, num_blocks)
         self._totals = _Totals()
 

@@ -27,7 +27,7 @@ class Sampler:
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         # logits: [N, V] float32, one row per sequence
-        tokens = logits.argmax(dim=-1)                                   # [N]
+        tokens = logits.argmax(dim=-1)  # [N]
         rows = [i for i, seq in enumerate(seqs) if not seq.sampling.greedy]
         if rows:
             probs = self._probs(logits[rows], [seqs[i] for i in rows])  # [R, V]
@@ -59,4 +59,4 @@ class Sampler:
         if seq.sampling.seed is not None:
             step = len(seq.output_token_ids)
             generator = torch.Generator().manual_seed((seq.sampling.seed * _SEED_MIX + step) % 2**64)
-        return torch.empty(vocab).exponential_(generator=generator).clamp_min_(1e-20)   # 0 would divide to inf
+        return torch.empty(vocab).exponential_(generator=generator).clamp_min_(1e-20)  # 0 would divide to inf

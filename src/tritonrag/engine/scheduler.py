@@ -31,9 +31,9 @@ class Scheduler:
         self.config = config
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []     # in admission order: the tail is preempted first
+        self.running: list[Sequence] = []  # in admission order: the tail is preempted first
         self._seqs: dict[str, Sequence] = {}  # every unfinished sequence by request id
-        self._failed: list[Sequence] = []     # finished with ERROR by the scheduler, not yet reported
+        self._failed: list[Sequence] = []  # finished with ERROR by the scheduler, not yet reported
         self.num_preemptions = 0
 
     @property
@@ -107,7 +107,7 @@ class Scheduler:
         """Pick this step's chunks; every chunk's block table covers `chunk.end` on return."""
         out = SchedulerOutput()
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
-        if not out.preempted:   # blocks are short: let the running ones drain first
+        if not out.preempted:  # blocks are short: let the running ones drain first
             self._schedule_waiting(out, budget)
         return out
 
@@ -134,7 +134,7 @@ class Scheduler:
             return False
         while not self.kv.allocate_slots(seq, num_new):
             victim = self.running[-1]
-            if victim is seq and len(self.running) == 1:   # unreachable after _fits_pool; no livelock
+            if victim is seq and len(self.running) == 1:  # unreachable after _fits_pool; no livelock
                 self._fail(seq, "cannot get blocks with the pool to itself")
                 return False
             self._preempt(victim, out)
@@ -164,7 +164,7 @@ class Scheduler:
             return None
         num_new = min(num_new, budget)
         if not self.kv.allocate_slots(seq, num_new, hits):
-            if not self.running:   # unreachable after _fits_pool; no livelock
+            if not self.running:  # unreachable after _fits_pool; no livelock
                 self._fail(seq, "cannot get blocks with the pool to itself")
             return None
         self.waiting.popleft()
@@ -211,7 +211,7 @@ class Scheduler:
             raise ValueError(f"sampled tokens for {sorted(sampled)}, expected {sorted(expected)}")
         grown = []
         for chunk in out.chunks:
-            seq, samples = chunk.seq, chunk.samples   # read `samples` before advancing
+            seq, samples = chunk.seq, chunk.samples  # read `samples` before advancing
             if seq.is_finished:
                 continue
             seq.num_computed_tokens += chunk.num_new_tokens

@@ -10,16 +10,16 @@ from tritonrag.sampling import SamplingParams
 
 
 class SequenceStatus(enum.Enum):
-    WAITING = "waiting"      # not yet admitted, or preempted and waiting to recompute
+    WAITING = "waiting"  # not yet admitted, or preempted and waiting to recompute
     RUNNING = "running"
     FINISHED = "finished"
 
 
 class FinishReason(str, enum.Enum):
-    STOP = "stop"            # EOS, a stop token id or a stop string
-    LENGTH = "length"        # max_tokens or max_model_len reached
-    ABORT = "abort"          # cancelled by the client
-    ERROR = "error"          # failed inside the engine
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or max_model_len reached
+    ABORT = "abort"  # cancelled by the client
+    ERROR = "error"  # failed inside the engine
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     num_computed_tokens: int = 0
-    num_cached_tokens: int = 0          # prompt tokens served by the prefix cache at admission
+    num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at admission
     block_table: list[int] = field(default_factory=list)
     num_preemptions: int = 0
     arrival_time: float = field(default_factory=time.monotonic)

@@ -95,7 +95,7 @@ class CollectingSink:
     def text(self) -> str:
         return "".join(self.deltas)
 
-    def wait(self, timeout: float | None = None) -> "CollectingSink":
+    def wait(self, timeout: float | None = None) -> CollectingSink:
         if not self.done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
         if self.error is not None:
@@ -107,7 +107,7 @@ class CollectingSink:
 class _Live:
     """A request the engine is working on."""
 
-    request_id: str          # the client's id, for logs
+    request_id: str  # the client's id, for logs
     sink: Sink
     detokenizer: IncrementalDetokenizer
     arrival: float
@@ -119,7 +119,7 @@ class _Live:
 
 @dataclass
 class _Submission:
-    key: str                 # the engine's id for it: unique, unlike client ids
+    key: str  # the engine's id for it: unique, unlike client ids
     request_id: str
     prompt_ids: list[int]
     sampling: SamplingParams
@@ -131,16 +131,16 @@ class GenerationService:
     """Owns an LLMEngine and drives it from a background thread."""
 
     IDLE_WAIT_S = 0.05
-    ABORT_TTL_S = 30.0      # an abort may arrive before its request; it waits this long
+    ABORT_TTL_S = 30.0  # an abort may arrive before its request; it waits this long
 
     def __init__(self, engine: LLMEngine, tokenizer, observer: Observer | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.observer = observer or NullObserver()
         self._inbox: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
-        self._live: dict[str, _Live] = {}   # by engine key; touched by the loop thread only
+        self._live: dict[str, _Live] = {}  # by engine key; touched by the loop thread only
         self._ids = itertools.count()
-        self._lock = threading.Lock()       # submit vs shutdown: nothing is queued after the final drain
+        self._lock = threading.Lock()  # submit vs shutdown: nothing is queued after the final drain
         self._stopping = threading.Event()
         self._aborts: dict[str, float] = {}  # client request id -> when the abort expires unmatched
         self._thread = threading.Thread(target=self._loop, name="tritonrag-engine", daemon=True)
@@ -157,7 +157,9 @@ class GenerationService:
             raise InvalidInput("text_input is empty")
         max_len = self.engine.config.max_model_len
         if len(prompt_ids) >= max_len:
-            raise InvalidInput(f"prompt is {len(prompt_ids)} tokens; the limit is {max_len - 1} (max_model_len {max_len})")
+            raise InvalidInput(
+                f"prompt is {len(prompt_ids)} tokens; the limit is {max_len - 1} (max_model_len {max_len})"
+            )
         with self._lock:
             if self._stopping.is_set():
                 raise Unavailable("the generator is shutting down")
@@ -221,7 +223,7 @@ class GenerationService:
                 self._deliver(output)
         elif not dropped:
             return
-        self._observe("on_step", self.engine)   # after dropping too: publish the freed blocks
+        self._observe("on_step", self.engine)  # after dropping too: publish the freed blocks
 
     def _admit(self, block: bool) -> None:
         """Move everything in the inbox into the engine (waiting up to IDLE_WAIT_S if `block`)."""
@@ -237,7 +239,7 @@ class GenerationService:
                 return
 
     def _add(self, item: _Submission) -> None:
-        if _is_cancelled(item.sink) or self._aborted(item.request_id):   # never reaches the engine
+        if _is_cancelled(item.sink) or self._aborted(item.request_id):  # never reaches the engine
             self._forget_aborts({item.request_id})
             completion = Completion(FinishReason.ABORT.value, len(item.prompt_ids), 0, 0)
             _call(item.sink.finish, "", completion)
@@ -253,8 +255,9 @@ class GenerationService:
 
     def _drop_cancelled(self) -> int:
         """Abort requests whose client cancelled or went away; their blocks are freed at once."""
-        cancelled = [key for key, live in self._live.items()
-                     if _is_cancelled(live.sink) or self._aborted(live.request_id)]
+        cancelled = [
+            key for key, live in self._live.items() if _is_cancelled(live.sink) or self._aborted(live.request_id)
+        ]
         matched = {self._live[key].request_id for key in cancelled}
         for key in cancelled:
             self._end(key, FinishReason.ABORT)
@@ -284,7 +287,7 @@ class GenerationService:
         reason = output.finish_reason if output.finished else None
         try:
             delta = "".join(live.detokenizer.add(token) for token in output.new_token_ids)
-            if live.detokenizer.stopped:   # a stop string; it wins over a length limit hit in the same step
+            if live.detokenizer.stopped:  # a stop string; it wins over a length limit hit in the same step
                 reason = FinishReason.STOP
             if reason is None:
                 if delta:
@@ -294,8 +297,10 @@ class GenerationService:
         except Exception as exc:  # noqa: BLE001 - a sink that raises (client gone) or a bad token: this request only
             self._end(key, error=exc)
             return
-        if reason is FinishReason.ERROR:   # the scheduler gave up on it (it outgrew the KV cache)
-            self._end(key, error=RuntimeError("the request outgrew the KV cache; lower max_tokens or the prompt length"))
+        if reason is FinishReason.ERROR:  # the scheduler gave up on it (it outgrew the KV cache)
+            self._end(
+                key, error=RuntimeError("the request outgrew the KV cache; lower max_tokens or the prompt length")
+            )
         else:
             self._end(key, FinishReason(reason), delta)
 
@@ -307,8 +312,9 @@ class GenerationService:
             self._observe("on_inter_token", now - live.last_token_time)
         live.last_token_time = now
 
-    def _end(self, key: str, reason: FinishReason = FinishReason.ABORT, text: str = "",
-             error: Exception | None = None) -> None:
+    def _end(
+        self, key: str, reason: FinishReason = FinishReason.ABORT, text: str = "", error: Exception | None = None
+    ) -> None:
         """Take a request out: free its blocks now (a no-op if the engine already did), then tell its sink once."""
         live = self._live.pop(key)
         try:

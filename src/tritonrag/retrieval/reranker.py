@@ -1,7 +1,7 @@
 """Second-stage reranking of retrieved hits: a CrossEncoder checkpoint when configured, else an offline scorer.
 
 No trained cross-encoder ships with this project, so the offline candidates were measured
-(python -m tritonrag.evaluate --reranker none,bm25-rrf,bm25-wsum,maxsim,maxsim-rrf) on the
+(python -m tritonrag.retrieval.evaluate --reranker none,bm25-rrf,bm25-wsum,maxsim,maxsim-rrf) on the
 128 questions of tests/data/retrieval_eval.jsonl, reordering the first stage's top 30
 (default index: 112-word chunks, exact search; CPU, 2 cores):
 
@@ -25,16 +25,19 @@ import logging
 import math
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from tritonrag.corpus import passage_text
+from tritonrag.compile.onnx_export import OnnxRuntime, choose_runtime, read_meta
 from tritonrag.errors import InvalidInput
-from tritonrag.onnx_export import OnnxRuntime, choose_runtime, read_meta
 from tritonrag.paths import onnx_dir
-from tritonrag.retriever import Hit
+from tritonrag.retrieval.corpus import passage_text
+from tritonrag.retrieval.cross_encoder import CrossEncoderScore, pair_features
+from tritonrag.retrieval.embedder import Embedder, TorchRuntime
+from tritonrag.retrieval.retriever import Hit
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +143,6 @@ class MaxSimScorer:
 
     def __init__(self, embedder=None, fuse: bool = False, cache_size: int = 4096) -> None:
         if embedder is None:
-            from tritonrag.embedder import Embedder
-
             embedder = Embedder()
         self.embedder, self.fuse, self.cache_size = embedder, fuse, cache_size
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -194,12 +195,15 @@ class CrossEncoderScorer:
     the tokenizer's max_length) | tensorrt, falling back with a logged reason like the Embedder.
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 32, runtime: str = "torch",
-                 onnx_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        batch_size: int = 32,
+        runtime: str = "torch",
+        onnx_path: str | Path | None = None,
+    ) -> None:
         from transformers import AutoTokenizer
-
-        from tritonrag.cross_encoder import CrossEncoderScore
-        from tritonrag.embedder import TorchRuntime
 
         self.path, self.batch_size = Path(path), batch_size
         self.onnx_path = Path(onnx_path) if onnx_path else default_cross_encoder_onnx_path()
@@ -215,8 +219,6 @@ class CrossEncoderScorer:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """float32 [N] scores, in batches of similar length (longest first, so each pads little)."""
-        from tritonrag.cross_encoder import pair_features
-
         out = np.zeros(len(pairs), dtype=np.float32)
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
         for first in range(0, len(order), self.batch_size):
@@ -241,8 +243,16 @@ class Reranker:
         self.scorer, self.name = scorer, name
 
     @classmethod
-    def from_config(cls, checkpoint: str | None = None, *, embedder=None, device: str = "cpu", batch_size: int = 32,
-                    runtime: str = "torch", onnx_path: str | Path | None = None) -> "Reranker":
+    def from_config(
+        cls,
+        checkpoint: str | None = None,
+        *,
+        embedder=None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        runtime: str = "torch",
+        onnx_path: str | Path | None = None,
+    ) -> Reranker:
         """None/'default' -> the measured default; 'none' or a CANDIDATES name; else a CrossEncoder directory.
 
         runtime and onnx_path apply to a CrossEncoder (its exported graph) and to the embedder
@@ -252,13 +262,13 @@ class Reranker:
         name = DEFAULT if name == "default" else name
         if name in CANDIDATES:
             if embedder is None and name.startswith("maxsim"):
-                from tritonrag.embedder import Embedder
-
                 embedder = Embedder(device=device, runtime=runtime)
             return cls(_candidate(name, embedder), name)
         path = Path(name).expanduser()
         if not path.is_dir():
-            raise InvalidInput(f"reranker {checkpoint!r} is neither one of {('default',) + CANDIDATES} nor a CrossEncoder directory")
+            raise InvalidInput(
+                f"reranker {checkpoint!r} is neither one of {('default',) + CANDIDATES} nor a CrossEncoder directory"
+            )
         return cls(CrossEncoderScorer(path, device, batch_size, runtime, onnx_path), f"cross-encoder:{path.name}")
 
     @property

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tritonrag.docstore import DocStore, Passage
-from tritonrag.errors import InvalidInput
-from tritonrag.index import DOCSTORE_FILE, load_index, to_gpu_if_available
 from tritonrag import paths
+from tritonrag.errors import InvalidInput
+from tritonrag.retrieval.docstore import DocStore, Passage
+from tritonrag.retrieval.index import DOCSTORE_FILE, load_index, to_gpu_if_available
 
 MAX_K = 100
 
@@ -35,7 +35,9 @@ def check_k(k: int) -> int:
 def _gpu_policy(use_gpu: str | bool) -> str:
     """'auto', 'never' or 'always' from a bool or a config string (true/false/yes/no/1/0 too)."""
     value = str(use_gpu).strip().lower()
-    policy = {"true": "always", "yes": "always", "1": "always", "false": "never", "no": "never", "0": "never"}.get(value, value)
+    policy = {"true": "always", "yes": "always", "1": "always", "false": "never", "no": "never", "0": "never"}.get(
+        value, value
+    )
     if policy not in ("auto", "never", "always"):
         raise InvalidInput(f"use_gpu must be auto, never or always, got {use_gpu!r}")
     return policy

@@ -11,7 +11,7 @@ into artifacts/torch_extensions/<CPU fingerprint>/, by `make setup` or on first 
 it cannot be built or loaded (no compiler, another platform), or TRITONRAG_PAGED_DECODE=0,
 the model keeps the torch path and the reason is logged once.
 
-    python -m tritonrag.engine.paged_attention     # build (or find) it and check it against torch
+    python -m tritonrag.engine.runners.paged_attention     # build (or find) it and check it against torch
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "paged_decode_attention.cpp"
 EXTENSION_NAME = "tritonrag_paged_decode"
-HEAD_DIMS = (64, 128)          # the head dims the op is compiled for
+HEAD_DIMS = (64, 128)  # the head dims the op is compiled for
 DecodeKernel = Callable[..., torch.Tensor]
 
 
@@ -67,7 +67,7 @@ def load_decode_kernel() -> DecodeKernel | None:
     if reason is None:
         try:
             return _build().paged_decode_attention
-        except Exception as exc:   # a missing compiler or a failed build must not stop the engine
+        except Exception as exc:  # a missing compiler or a failed build must not stop the engine
             reason = f"could not build {SOURCE.name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
     log.warning("paged decode attention op unavailable (%s): decode gathers keys and values with torch", reason)
     return None
@@ -84,8 +84,12 @@ def _build():
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     return load(
-        EXTENSION_NAME, [str(SOURCE)], build_directory=str(directory),
-        extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
+        EXTENSION_NAME,
+        [str(SOURCE)],
+        build_directory=str(directory),
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
     )
 
 
@@ -101,10 +105,11 @@ def reference_decode(q, k_cache, v_cache, block_tables, context_lens, scale: flo
     for i in range(n):
         length = int(context_lens[i])
         blocks = block_tables[i, : -(-length // block_size)]
-        k = k_cache[blocks].reshape(-1, KVH, D)[:length].transpose(0, 1)     # [KVH, len, D]
+        k = k_cache[blocks].reshape(-1, KVH, D)[:length].transpose(0, 1)  # [KVH, len, D]
         v = v_cache[blocks].reshape(-1, KVH, D)[:length].transpose(0, 1)
         o = torch.nn.functional.scaled_dot_product_attention(
-            q[i][:, None].float(), k.float(), v.float(), scale=scale, enable_gqa=True)
+            q[i][:, None].float(), k.float(), v.float(), scale=scale, enable_gqa=True
+        )
         out[i] = o[:, 0].to(q.dtype)
     return out
 
@@ -123,9 +128,15 @@ def main() -> int:
     q = torch.randn(4, 9, 64, generator=generator)
     tables = torch.randperm(64, generator=generator)[:40].view(4, 10)
     lens = torch.tensor([1, 17, 100, 160])
-    error = (kernel(q, k_cache, v_cache, tables, lens, 0.125) - reference_decode(q, k_cache, v_cache, tables, lens, 0.125)).abs().max()
-    print(f"paged decode attention op: ready in {time.monotonic() - start:.1f} s ({build_directory()}); "
-          f"max |error| against torch {error:.1e}")
+    error = (
+        (kernel(q, k_cache, v_cache, tables, lens, 0.125) - reference_decode(q, k_cache, v_cache, tables, lens, 0.125))
+        .abs()
+        .max()
+    )
+    print(
+        f"paged decode attention op: ready in {time.monotonic() - start:.1f} s ({build_directory()}); "
+        f"max |error| against torch {error:.1e}"
+    )
     return 0 if error < 1e-4 else 1
 
 

@@ -5,7 +5,7 @@ BERT forward pass, mean of the token states under the attention mask, L2 normali
 It uses transformers directly, so serving does not import sentence-transformers.
 
 The forward pass runs on a configured runtime: `torch` (SentenceEmbedding below),
-`onnxruntime` (the same module exported by tritonrag.onnx_export) or, on a CUDA GPU,
+`onnxruntime` (the same module exported by tritonrag.compile.onnx_export) or, on a CUDA GPU,
 `tensorrt` (that graph compiled by `make engines`); one that cannot run here falls back
 with a logged reason. A runtime is a small object with one
 `run(feeds, outputs)` method, so another one slots in without touching the embedder.
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tritonrag.compile.onnx_export import OnnxRuntime, choose_runtime
+from tritonrag.compile.trt_runtime import TensorRTRuntime, engine_or_none
 from tritonrag.errors import InvalidInput
-from tritonrag.onnx_export import OnnxRuntime, choose_runtime
 from tritonrag.paths import onnx_dir
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,15 @@ class SentenceEmbedding(torch.nn.Module):
         self.encoder = encoder
 
     @classmethod
-    def load(cls, model_dir: Path, device: str = "cpu") -> "SentenceEmbedding":
+    def load(cls, model_dir: Path, device: str = "cpu") -> SentenceEmbedding:
         from transformers import AutoModel
 
         return cls(AutoModel.from_pretrained(model_dir)).to(device).eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, D]
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)                                         # [B, L, 1]
-        mean = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)                         # [B, D]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)  # [B, L, 1]
+        mean = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # [B, D]
         return torch.nn.functional.normalize(mean, p=2, dim=1), states
 
 
@@ -98,8 +99,14 @@ class Embedder:
     default_onnx_path().
     """
 
-    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu", max_seq_length: int = 256,
-                 runtime: str = "torch", onnx_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        device: str = "cpu",
+        max_seq_length: int = 256,
+        runtime: str = "torch",
+        onnx_path: str | Path | None = None,
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoConfig, AutoTokenizer
 
@@ -112,11 +119,10 @@ class Embedder:
         self.onnx_path = Path(onnx_path) if onnx_path else default_onnx_path()
         self.engine_path = None
         if runtime == "tensorrt" and device == "cuda":
-            from tritonrag.trt_runtime import engine_or_none
-
             self.engine_path = engine_or_none("embedder")
-        self.runtime_choice = choose_runtime(runtime, device, self.onnx_path, self.model_dir,
-                                             engine_path=self.engine_path, logger=log)
+        self.runtime_choice = choose_runtime(
+            runtime, device, self.onnx_path, self.model_dir, engine_path=self.engine_path, logger=log
+        )
         self._runtime = None
 
     @property
@@ -124,8 +130,6 @@ class Embedder:
         """The chosen runtime, loaded on first use (a tokenizer-only Triton model never loads it)."""
         if self._runtime is None:
             if self.runtime_choice.name == "tensorrt":
-                from tritonrag.trt_runtime import TensorRTRuntime
-
                 self._runtime = TensorRTRuntime(self.engine_path, self.device)
             elif self.runtime_choice.name == "onnxruntime":
                 self._runtime = OnnxRuntime(self.onnx_path, self.device)

@@ -96,7 +96,7 @@ class TritonServer:
     process: subprocess.Popen | None = None
 
     @classmethod
-    def on_free_ports(cls, **kwargs) -> "TritonServer":
+    def on_free_ports(cls, **kwargs) -> TritonServer:
         return cls(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **kwargs)
 
     @property
@@ -138,13 +138,16 @@ class TritonServer:
         env.setdefault("TRITONRAG_ARTIFACTS", str(artifacts_dir()))
         return env
 
-    def start(self, foreground: bool = False) -> "TritonServer":
+    def start(self, foreground: bool = False) -> TritonServer:
         out = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            self.command(), env=self.environment(), stdout=out, stderr=subprocess.STDOUT if out else None,
+            self.command(),
+            env=self.environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
             start_new_session=not foreground,
         )
         return self
@@ -181,7 +184,7 @@ class TritonServer:
             os.killpg(self.process.pid, signal.SIGKILL) if self.process.pid else None
             self.process.wait(10)
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         self.start()
         try:
             self.wait_ready()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from tritonrag.retrieval.docstore import Passage
+from tritonrag.retrieval.retriever import Hit
+
 
 def hits_to_json(hits) -> str:
     """[Hit(passage, score)] -> JSON list of passage fields plus `score`."""
@@ -12,9 +15,6 @@ def hits_to_json(hits) -> str:
 
 
 def hits_from_json(raw: str):
-    from tritonrag.docstore import Passage
-    from tritonrag.retriever import Hit
-
     names = {f.name for f in dataclasses.fields(Passage)}
     return [
         Hit(passage=Passage(**{k: v for k, v in item.items() if k in names}), score=item["score"])

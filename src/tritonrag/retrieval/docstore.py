@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from tritonrag.corpus import Chunk
+from tritonrag.retrieval.corpus import Chunk
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -84,9 +84,11 @@ class DocStore:
         if not wanted:
             return []
         marks = ",".join("?" * len(set(wanted)))
-        rows = self._connection().execute(
-            f"SELECT {_COLUMNS} FROM chunks WHERE id IN ({marks})", sorted(set(wanted))
-        ).fetchall()
+        rows = (
+            self._connection()
+            .execute(f"SELECT {_COLUMNS} FROM chunks WHERE id IN ({marks})", sorted(set(wanted)))
+            .fetchall()
+        )
         found = {row[0]: Passage(*row) for row in rows}
         missing = [i for i in wanted if i not in found]
         if missing:
@@ -103,9 +105,11 @@ class DocStore:
 
     def passages_of(self, doc_id: str) -> list[Passage]:
         """Every stored chunk of one document, in id order."""
-        rows = self._connection().execute(
-            f"SELECT {_COLUMNS} FROM chunks WHERE doc_id = ? ORDER BY id", (doc_id,)
-        ).fetchall()
+        rows = (
+            self._connection()
+            .execute(f"SELECT {_COLUMNS} FROM chunks WHERE doc_id = ? ORDER BY id", (doc_id,))
+            .fetchall()
+        )
         return [Passage(*row) for row in rows]
 
     def doc_ids(self) -> set[str]:

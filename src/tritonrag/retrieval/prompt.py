@@ -21,10 +21,7 @@ def format_context(passages: list[dict], max_chars: int = MAX_PASSAGE_CHARS) -> 
 
 def sources_of(passages: list[dict]) -> list[dict]:
     """What the client is told it was answered from: id, title and score, in citation order."""
-    return [
-        {"id": p["chunk_id"], "title": p["title"], "score": round(float(p["score"]), 4)}
-        for p in passages
-    ]
+    return [{"id": p["chunk_id"], "title": p["title"], "score": round(float(p["score"]), 4)} for p in passages]
 
 
 class PromptBuilder:

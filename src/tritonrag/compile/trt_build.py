@@ -34,17 +34,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tritonrag.paths import MODEL_REPOSITORY, engines_dir
+from tritonrag.paths import engines_dir
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrt", "tensorrt_rtx")
 _MODULES = {"tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt_rtx_bindings"}
 PRECISIONS = ("fp32", "fp16", "bf16")
-DEFAULT_RTX_CAPABILITY = "sm89"   # Ada: the newest datacenter-class target TensorRT-RTX 1.7 has (no sm90)
+DEFAULT_RTX_CAPABILITY = "sm89"  # Ada: the newest datacenter-class target TensorRT-RTX 1.7 has (no sm90)
 ENGINE_FILE = "model.engine"
 META_FILE = "engine.json"
-KEY_CHARS = 16                     # folder name: a prefix of the key; engine.json keeps all of it
+KEY_CHARS = 16  # folder name: a prefix of the key; engine.json keeps all of it
 
 
 class BuildError(RuntimeError):
@@ -58,7 +58,7 @@ class BuildError(RuntimeError):
 class Backend:
     """An importable TensorRT flavour: its name, version and bindings module."""
 
-    name: str          # "tensorrt" or "tensorrt_rtx"
+    name: str  # "tensorrt" or "tensorrt_rtx"
     version: str
     trt: Any
 
@@ -75,7 +75,7 @@ def load_backend(requested: str = "auto") -> Backend:
     for name in BACKENDS if requested == "auto" else (requested,):
         try:
             module = importlib.import_module(_MODULES[name])
-        except (ImportError, OSError) as exc:   # OSError: the bindings import but a shared library is missing
+        except (ImportError, OSError) as exc:  # OSError: the bindings import but a shared library is missing
             errors.append(f"{name}: {exc}")
             continue
         return Backend(name, module.__version__, module)
@@ -108,16 +108,22 @@ def target_capability(backend: Backend, requested: str | None) -> str:
         capability = requested or DEFAULT_RTX_CAPABILITY
         if capability not in rtx_capabilities(backend):
             hint = " (TensorRT-RTX has no Hopper target)" if capability == "sm90" else ""
-            raise BuildError(f"TensorRT-RTX {backend.version} cannot target {capability}{hint}; "
-                             f"choose one of {', '.join(rtx_capabilities(backend))}")
+            raise BuildError(
+                f"TensorRT-RTX {backend.version} cannot target {capability}{hint}; "
+                f"choose one of {', '.join(rtx_capabilities(backend))}"
+            )
         return capability
     current = current_gpu_capability()
     if current is None:
-        raise BuildError("full TensorRT builds for the GPU it runs on and torch sees no CUDA GPU; "
-                         "build ahead of time with TensorRT for RTX (--backend tensorrt_rtx)")
+        raise BuildError(
+            "full TensorRT builds for the GPU it runs on and torch sees no CUDA GPU; "
+            "build ahead of time with TensorRT for RTX (--backend tensorrt_rtx)"
+        )
     if requested and requested != current:
-        raise BuildError(f"full TensorRT builds for this GPU ({current}), not {requested}; "
-                         "use --backend tensorrt_rtx to build for another compute capability")
+        raise BuildError(
+            f"full TensorRT builds for this GPU ({current}), not {requested}; "
+            "use --backend tensorrt_rtx to build for another compute capability"
+        )
     return current
 
 
@@ -137,8 +143,8 @@ class GraphFacts:
     """What the cache key and the profile need from an ONNX graph, read without building anything."""
 
     path: Path
-    sha256: str          # over the graph file and its external-data files
-    precision: str       # fp32 / fp16 / bf16: the float type most weight elements have
+    sha256: str  # over the graph file and its external-data files
+    precision: str  # fp32 / fp16 / bf16: the float type most weight elements have
     inputs: tuple[GraphInput, ...]
 
 
@@ -155,8 +161,10 @@ def read_graph(path: Path) -> GraphFacts:
     files = [path] + sorted({path.parent / loc for loc in _external_locations(model)})
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise BuildError(f"{path} keeps weights in external data files that are missing: {', '.join(missing)} "
-                         "(they belong beside the graph; export it again: make onnx)")
+        raise BuildError(
+            f"{path} keeps weights in external data files that are missing: {', '.join(missing)} "
+            "(they belong beside the graph; export it again: make onnx)"
+        )
     return GraphFacts(path, _sha256_files(files), _graph_precision(model), inputs)
 
 
@@ -213,10 +221,10 @@ class DimRange:
             raise ValueError(f"a dimension range needs 0 <= min <= opt <= max, got {self}")
 
     @classmethod
-    def fixed(cls, size: int) -> "DimRange":
+    def fixed(cls, size: int) -> DimRange:
         return cls(size, size, size)
 
-    def union(self, other: "DimRange") -> "DimRange":
+    def union(self, other: DimRange) -> DimRange:
         """The smallest range covering both (opt: the larger, where the bigger settings run)."""
         return DimRange(min(self.min, other.min), max(self.opt, other.opt), max(self.max, other.max))
 
@@ -260,7 +268,9 @@ def _evaluate(node: ast.AST, dims: Mapping[str, DimRange], part: str) -> int:
     raise UnknownDimension(ast.unparse(node))
 
 
-def derive_profile(model: str, inputs: tuple[GraphInput, ...], dims: Mapping[str, DimRange]) -> tuple[InputProfile, ...]:
+def derive_profile(
+    model: str, inputs: tuple[GraphInput, ...], dims: Mapping[str, DimRange]
+) -> tuple[InputProfile, ...]:
     """One profile for every input: fixed axes as they are, dynamic ones from `dims` by name.
 
     A dynamic axis without a name, or with a name `dims` does not know, is an error: a
@@ -269,12 +279,15 @@ def derive_profile(model: str, inputs: tuple[GraphInput, ...], dims: Mapping[str
     profile = []
     for graph_input in inputs:
         ranges = [_axis_range(model, graph_input, axis, dim, dims) for axis, dim in enumerate(graph_input.shape)]
-        profile.append(InputProfile(graph_input.name, *(tuple(getattr(r, part) for r in ranges)
-                                                        for part in ("min", "opt", "max"))))
+        profile.append(
+            InputProfile(graph_input.name, *(tuple(getattr(r, part) for r in ranges) for part in ("min", "opt", "max")))
+        )
     return tuple(profile)
 
 
-def _axis_range(model: str, graph_input: GraphInput, axis: int, dim: int | str, dims: Mapping[str, DimRange]) -> DimRange:
+def _axis_range(
+    model: str, graph_input: GraphInput, axis: int, dim: int | str, dims: Mapping[str, DimRange]
+) -> DimRange:
     if isinstance(dim, int) and dim > 0:
         return DimRange.fixed(dim)
     where = f"{model}: input {graph_input.name!r} axis {axis}"
@@ -285,104 +298,8 @@ def _axis_range(model: str, graph_input: GraphInput, axis: int, dim: int | str, 
     except UnknownDimension as exc:
         raise UnknownDimension(
             f"{where} is the dynamic dimension {dim!r} (unknown: {exc}), which the engine builder has no range for; "
-            f"known dimensions: {', '.join(sorted(dims))}. Add it to the {model} settings in tritonrag.trt_build"
+            f"known dimensions: {', '.join(sorted(dims))}. Add it to the {model} settings in tritonrag.compile.trt_build"
         ) from None
-
-
-# ---- profile settings of our models --------------------------------------------------------
-
-
-def embedder_dims(max_batch_size: int, max_tokens: int) -> dict[str, DimRange]:
-    """Embedder axes: batch up to Triton's max_batch_size; tokens up to the tokenizer's cap.
-
-    opt: a full dynamic batch (batches fill up under load, when speed matters) of queries a
-    quarter of the token cap long (questions are short; the cap is for indexing passages).
-    """
-    if max_batch_size < 1 or max_tokens < 1:
-        raise ValueError(f"embedder max_batch_size and max_tokens must be >= 1, got {max_batch_size}, {max_tokens}")
-    batch = DimRange(1, max_batch_size, max_batch_size)
-    tokens = DimRange(1, max(1, max_tokens // 4), max_tokens)
-    return {"batch": batch, "seq": tokens}   # the axis names of tritonrag.onnx_export.export_embedder
-
-
-def embedder_settings(model_repository: Path = MODEL_REPOSITORY) -> dict[str, DimRange]:
-    """Embedder dimensions from model_repository/embedder/config.pbtxt and tritonrag.defaults."""
-    from tritonrag.defaults import EMBEDDER_MAX_TOKENS
-
-    config = _load_model_config(model_repository / "embedder" / "config.pbtxt")
-    return embedder_dims(config.max_batch_size, EMBEDDER_MAX_TOKENS)
-
-
-def generator_dims(config, num_kv_blocks: int) -> dict[str, DimRange]:
-    """Generator-step axes (tritonrag.engine.onnx_step.dynamic_shapes) from the engine settings.
-
-    T: packed tokens of a step, up to max_num_batched_tokens; opt max_num_seqs, a step of
-    decodes (most steps). N: logits rows, one per sequence. num_blocks: the KV blocks the
-    settings allocate. Two attention groups, each with >= 1 sequence (an empty group gets a
-    dummy) and past length P >= 1: decodes (Q = 1, up to max_num_seqs of them) and prefill
-    chunks (>= 2 tokens each, so at most max_num_batched_tokens // 2 of them, opt one).
-    """
-    seqs, budget, model_len = config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len
-    past = DimRange(1, max(1, model_len // 2), model_len)
-    chunk = min(budget, model_len)
-    return {
-        "T": DimRange(1, min(seqs, budget), budget),
-        "N": DimRange(1, seqs, seqs),
-        "num_blocks": DimRange(1, num_kv_blocks, num_kv_blocks),
-        "block_size": DimRange.fixed(config.block_size),
-        "decode_seqs": DimRange(1, seqs, seqs),
-        "decode_past": past,
-        "decode_new": DimRange.fixed(1),
-        "prefill_seqs": DimRange(1, 1, max(1, min(seqs, budget // 2))),
-        "prefill_past": past,
-        "prefill_new": DimRange(1, chunk, chunk),
-    }
-
-
-def generator_settings(model_repository: Path = MODEL_REPOSITORY) -> dict[str, DimRange]:
-    """Generator dimensions covering every served version of model_repository/generator/config.pbtxt.
-
-    Versions differ in batch sizes and KV cache size (`v<N>:` parameters); one engine
-    serves them all, so each dimension's range is the union over the versions.
-    """
-    from tritonrag.engine.config import EngineConfig
-    from tritonrag.paths import resolve_artifact
-    from tritonrag.versioning import version_parameters
-
-    model_config = _load_model_config(model_repository / "generator" / "config.pbtxt")
-    params = {key: value.string_value for key, value in model_config.parameters.items()}
-    versions = list(model_config.version_policy.specific.versions) or [1]
-    merged: dict[str, DimRange] = {}
-    for version in versions:
-        config = EngineConfig.from_parameters(version_parameters(params, version))
-        weights = resolve_artifact(config.model_dir, model_repository) if config.model_dir else None
-        for name, dim in generator_dims(config, num_kv_blocks(config, weights)).items():
-            merged[name] = merged[name].union(dim) if name in merged else dim
-    return merged
-
-
-def num_kv_blocks(config, weights_dir: Path | None) -> int:
-    """Blocks the model runner allocates: num_kv_blocks, or kv_cache_memory_bytes over one block's bytes."""
-    if config.num_kv_blocks:
-        return config.num_kv_blocks
-    from tritonrag.engine.model import LlamaConfig
-    from tritonrag.engine.model_runner import kv_bytes_per_block
-
-    if weights_dir is None or not (weights_dir / "config.json").is_file():
-        raise BuildError(f"the generator's KV block count needs its weights' config.json ({weights_dir}); "
-                         "prepare the weights first (make setup) or set num_kv_blocks")
-    per_block = kv_bytes_per_block(LlamaConfig.from_dir(weights_dir), config.block_size, config.dtype)
-    return max(1, config.kv_cache_memory_bytes // per_block)
-
-
-def _load_model_config(path: Path):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-MODEL_SETTINGS = {"embedder": embedder_settings, "generator": generator_settings}
 
 
 # ---- precision -----------------------------------------------------------------------------
@@ -406,8 +323,10 @@ def choose_precision(requested: str | None, graph_precision: str, backend: Backe
             f"{requested}, or leave the precision unset to build {graph_precision}."
         )
     if graph_precision != "fp32":
-        raise BuildError(f"full TensorRT lowers only fp32 graphs with builder flags; this graph is "
-                         f"{graph_precision}, asked {requested}: export the graph in {requested}")
+        raise BuildError(
+            f"full TensorRT lowers only fp32 graphs with builder flags; this graph is "
+            f"{graph_precision}, asked {requested}: export the graph in {requested}"
+        )
     return requested
 
 
@@ -459,9 +378,18 @@ class BuildResult:
         return self.meta["build_seconds"]
 
 
-def build_engine(name: str, onnx_path: Path, dims: Mapping[str, DimRange], *, precision: str | None = None,
-                 compute_capability: str | None = None, backend: Backend | None = None, root: Path | None = None,
-                 force: bool = False, show_progress: bool = True) -> BuildResult:
+def build_engine(
+    name: str,
+    onnx_path: Path,
+    dims: Mapping[str, DimRange],
+    *,
+    precision: str | None = None,
+    compute_capability: str | None = None,
+    backend: Backend | None = None,
+    root: Path | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+) -> BuildResult:
     """Build (or find in the cache) the engine of `name` from `onnx_path`, its profile from `dims`.
 
     The cache lives at <root>/<name>/<key>/ (root: engines_dir()); an unchanged model is
@@ -471,14 +399,21 @@ def build_engine(name: str, onnx_path: Path, dims: Mapping[str, DimRange], *, pr
     with _progress(show_progress) as progress:
         task = progress.add_task(f"{name}: reading {Path(onnx_path).name}", total=None)
         graph = read_graph(Path(onnx_path))
-        key = BuildKey(graph.sha256, choose_precision(precision, graph.precision, backend),
-                       derive_profile(name, graph.inputs, dims), backend.name, backend.version,
-                       target_capability(backend, compute_capability))
+        key = BuildKey(
+            graph.sha256,
+            choose_precision(precision, graph.precision, backend),
+            derive_profile(name, graph.inputs, dims),
+            backend.name,
+            backend.version,
+            target_capability(backend, compute_capability),
+        )
         folder = Path(root or engines_dir()) / name / key.digest[:KEY_CHARS]
         cached = None if force else cached_engine(name, folder, key)
         if cached is not None:
             progress.update(task, description=f"{name}: cache hit {folder.name}", total=1, completed=1)
-            log.info("%s: cache hit %s (%s, built in %.1f s)", name, folder, _mib(cached.size_bytes), cached.build_seconds)
+            log.info(
+                "%s: cache hit %s (%s, built in %.1f s)", name, folder, _mib(cached.size_bytes), cached.build_seconds
+            )
             return cached
         progress.update(task, description=f"{name}: parsing the ONNX graph")
         result = _build(name, graph, key, folder, backend, progress)
@@ -494,7 +429,11 @@ def cached_engine(name: str, folder: Path, key: BuildKey) -> BuildResult | None:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("key") != key.digest or not engine_path.is_file() or engine_path.stat().st_size != meta.get("size_bytes"):
+    if (
+        meta.get("key") != key.digest
+        or not engine_path.is_file()
+        or engine_path.stat().st_size != meta.get("size_bytes")
+    ):
         log.warning("%s: %s does not match its engine.json; rebuilding", name, folder)
         return None
     return BuildResult(name, engine_path, meta, cache_hit=True)
@@ -512,12 +451,14 @@ def _build(name: str, graph: GraphFacts, key: BuildKey, folder: Path, backend: B
     config.progress_monitor = _progress_monitor(trt, progress, name)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BuildError(f"{name}: TensorRT could not build the engine: " + ("; ".join(logger.errors) or "no error logged"))
+        raise BuildError(
+            f"{name}: TensorRT could not build the engine: " + ("; ".join(logger.errors) or "no error logged")
+        )
     seconds = time.perf_counter() - started
     _save_timing_cache(config, timing_cache)
     meta = _describe(name, graph, key, network, serialized.nbytes, seconds, timing_cache, backend)
     _write_entry(folder, serialized, meta)
-    del parser   # the parser owns weights the network refers to: it lives until the build is written
+    del parser  # the parser owns weights the network refers to: it lives until the build is written
     return BuildResult(name, folder / ENGINE_FILE, meta, cache_hit=False)
 
 
@@ -576,8 +517,16 @@ def _save_timing_cache(config, path: Path | None) -> None:
     _atomic_write(path, bytes(config.get_timing_cache().serialize()))
 
 
-def _describe(name: str, graph: GraphFacts, key: BuildKey, network, size: int, seconds: float,
-              timing_cache: Path | None, backend: Backend) -> dict:
+def _describe(
+    name: str,
+    graph: GraphFacts,
+    key: BuildKey,
+    network,
+    size: int,
+    seconds: float,
+    timing_cache: Path | None,
+    backend: Backend,
+) -> dict:
     """engine.json: the key and its inputs, the network's I/O, the profile, size and build time."""
     return {
         "name": name,
@@ -599,8 +548,16 @@ def _describe(name: str, graph: GraphFacts, key: BuildKey, network, size: int, s
     }
 
 
-_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
-           "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
+_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+}
 
 
 def dtype_name(dtype) -> str:
@@ -660,8 +617,14 @@ def _trt_logger(trt):
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), disable=not enabled)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )
 
 
 def _progress_monitor(trt, progress, name: str):
@@ -670,7 +633,7 @@ def _progress_monitor(trt, progress, name: str):
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
-            self.tasks: dict[str, tuple[Any, int, int]] = {}   # phase -> (rich task, depth, steps)
+            self.tasks: dict[str, tuple[Any, int, int]] = {}  # phase -> (rich task, depth, steps)
 
         def phase_start(self, phase_name, parent_phase, num_steps) -> None:
             depth = self.tasks[parent_phase][1] + 1 if parent_phase in self.tasks else 0

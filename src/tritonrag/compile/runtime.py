@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonrag.compile.trt_build import BuildError, load_backend
+
 
 def pick_device(requested: str = "auto") -> str:
     """`auto` -> cuda if torch sees a GPU, else cpu; `cuda` without a GPU is an error, not a silent fallback."""
@@ -39,7 +41,7 @@ class RuntimeChoice:
 
     name: str
     requested: str
-    reasons: tuple[str, ...] = ()   # one per runtime skipped, in order
+    reasons: tuple[str, ...] = ()  # one per runtime skipped, in order
 
     @property
     def fell_back(self) -> bool:
@@ -55,13 +57,11 @@ def runtime_unavailable(runtime: str, device: str, artifact: Path | None) -> str
     """Why `runtime` cannot run on `device` with `artifact` (its ONNX graph or engine), or None."""
     if runtime == "torch":
         return None
-    if runtime == "tensorrt":   # what the machine lacks first: on a CPU host, the engine file is moot
+    if runtime == "tensorrt":  # what the machine lacks first: on a CPU host, the engine file is moot
         if device != "cuda":
             return "a TensorRT engine needs a CUDA GPU"
-        from tritonrag.trt_build import BuildError, load_backend
-
         try:
-            load_backend()   # full TensorRT or TensorRT for RTX, as the engines were built with
+            load_backend()  # full TensorRT or TensorRT for RTX, as the engines were built with
         except BuildError as exc:
             return f"the tensorrt runtime is not installed ({exc})"
     if runtime == "onnxruntime":

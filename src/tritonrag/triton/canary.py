@@ -30,9 +30,9 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tritonrag.errors import InvalidInput
 
@@ -46,8 +46,8 @@ class RoutingConfig:
 
     stable_version: int = 1
     canary_version: int | None = None
-    canary_weight: float = 0.0        # share of routed (unpinned) requests served by the canary
-    shadow_weight: float = 0.0        # share of stable-served requests mirrored to the canary
+    canary_weight: float = 0.0  # share of routed (unpinned) requests served by the canary
+    shadow_weight: float = 0.0  # share of stable-served requests mirrored to the canary
 
     def __post_init__(self) -> None:
         _check_version("stable_version", self.stable_version)
@@ -63,7 +63,7 @@ class RoutingConfig:
                 raise ValueError(f"{name} is {value} but no canary_version is set")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RoutingConfig":
+    def from_dict(cls, data: dict) -> RoutingConfig:
         if not isinstance(data, dict):
             raise ValueError(f"routing config must be a JSON object, got {type(data).__name__}")
         unknown = set(data) - CONFIG_KEYS
@@ -73,7 +73,7 @@ class RoutingConfig:
         return cls(**values)
 
     @classmethod
-    def from_parameters(cls, params: dict[str, str]) -> "RoutingConfig":
+    def from_parameters(cls, params: dict[str, str]) -> RoutingConfig:
         """The default split from config.pbtxt parameters (used while no weights file exists)."""
         canary = params.get("canary_version", "").strip()
         return cls(
@@ -103,6 +103,7 @@ def _check_version(name: str, value) -> None:
 
 # ---- changes an operator makes -------------------------------------------------------------
 
+
 def set_split(config: RoutingConfig, **changes) -> RoutingConfig:
     """A new config with some fields changed (None leaves a field as it is); validated."""
     return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
@@ -122,13 +123,14 @@ def rollback(config: RoutingConfig) -> RoutingConfig:
 
 # ---- routing one request --------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Route:
     """Where one request goes: the version that answers, how it was chosen, an optional mirror."""
 
     version: int
-    mode: str                       # one of MODES except "shadow"
-    shadow: int | None = None       # version that also gets a copy (output discarded)
+    mode: str  # one of MODES except "shadow"
+    shadow: int | None = None  # version that also gets a copy (output discarded)
 
 
 def sticky_fraction(key: str | bytes) -> float:
@@ -137,8 +139,9 @@ def sticky_fraction(key: str | bytes) -> float:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2.0**64
 
 
-def choose(config: RoutingConfig, key: str | bytes | None = None, pin: int | None = None,
-           rng: random.Random | None = None) -> Route:
+def choose(
+    config: RoutingConfig, key: str | bytes | None = None, pin: int | None = None, rng: random.Random | None = None
+) -> Route:
     """Route one request (see the module docstring for the rules)."""
     if pin is not None:
         return Route(pin, "pinned")
@@ -179,6 +182,7 @@ def check_pin(pin: int, is_ready: Callable[[int], bool], config: RoutingConfig, 
 
 
 # ---- the weights file -----------------------------------------------------------------------
+
 
 def read_config(path: Path | str) -> RoutingConfig:
     text = Path(path).read_text()

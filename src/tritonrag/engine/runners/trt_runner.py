@@ -5,7 +5,7 @@ packing the chunks, scattering the step's K/V into the pool); here the step runs
 `TrtSession`, with the pool a torch CUDA tensor the engine reads by address (no copy).
 
 An engine accepts only the shapes of its optimization profile, which `make engines` derives
-from the serving settings (`tritonrag.trt_build.generator_dims`). A config whose limits go
+from the serving settings (`tritonrag.compile.trt_build.generator_dims`). A config whose limits go
 past that profile would fail on some later, larger step, so the limits are checked up front:
 
     factory.choose_runtime -> tensorrt_unavailable(config): no CUDA device, no TensorRT module,
@@ -23,14 +23,15 @@ from pathlib import Path
 
 import torch
 
+from tritonrag.compile.onnx_export import read_meta, stale_reason
+from tritonrag.compile.trt_runtime import TrtSession, engine_meta, find_engine
 from tritonrag.engine.config import EngineConfig
-from tritonrag.engine.model import LlamaConfig
-from tritonrag.engine.onnx_step import OUTPUT_NAMES, StepGraphRunner, StepInputs, dynamic_axes, step_io_problem
-from tritonrag.onnx_export import read_meta, stale_reason
-from tritonrag.trt_build import generator_dims, num_kv_blocks
-from tritonrag.trt_runtime import TrtSession, engine_meta, find_engine
+from tritonrag.engine.runners.base import num_kv_blocks
+from tritonrag.engine.runners.graph_runner import StepGraphRunner
+from tritonrag.engine.runners.llama import LlamaConfig
+from tritonrag.engine.runners.step_graph import OUTPUT_NAMES, StepInputs, dynamic_axes, generator_dims, step_io_problem
 
-GENERATOR_ENGINE = "generator"   # the engine cache's folder name (build/build_engines.py --model generator)
+GENERATOR_ENGINE = "generator"  # the engine cache's folder name (build/build_engines.py --model generator)
 
 # The config limit that sets each profile dimension, for the refusal's message.
 LIMITS = {
@@ -53,21 +54,21 @@ Shape = tuple[int, ...]
 @dataclass(frozen=True)
 class EngineFacts:
     """What deciding whether a step engine can serve a config needs, from a loaded session or,
-    without a GPU, from the engine.json `tritonrag.trt_build` wrote beside it."""
+    without a GPU, from the engine.json `tritonrag.compile.trt_build` wrote beside it."""
 
     path: Path
-    inputs: dict[str, tuple[Shape, str]]     # name -> (shape with -1 for dynamic axes, dtype name)
+    inputs: dict[str, tuple[Shape, str]]  # name -> (shape with -1 for dynamic axes, dtype name)
     profile: dict[str, tuple[Shape, Shape]]  # name -> (min shape, max shape) of optimization profile 0
-    graph: Path | None                       # the ONNX graph it was built from (engine.json's onnx_path)
-    graph_meta: dict | None                  # that graph's meta.json, None if the graph is gone or re-exported since
+    graph: Path | None  # the ONNX graph it was built from (engine.json's onnx_path)
+    graph_meta: dict | None  # that graph's meta.json, None if the graph is gone or re-exported since
 
     @classmethod
-    def of_session(cls, session: TrtSession) -> "EngineFacts":
+    def of_session(cls, session: TrtSession) -> EngineFacts:
         inputs = {spec.name: (spec.shape, spec.dtype) for spec in session.inputs}
         return cls(session.engine_path, inputs, dict(session.profile), *_built_from(session.engine_meta))
 
     @classmethod
-    def of_file(cls, engine_path: Path) -> "EngineFacts":
+    def of_file(cls, engine_path: Path) -> EngineFacts:
         meta = engine_meta(engine_path)
         inputs = {t["name"]: (tuple(t["shape"]), t["dtype"]) for t in meta.get("inputs", [])}
         ranges = (meta.get("profiles") or [{}])[0]
@@ -77,8 +78,9 @@ class EngineFacts:
     def problem(self, config: EngineConfig, model: LlamaConfig, num_kv_blocks: int) -> str | None:
         """Why this engine cannot run every step `config` schedules on `model`, or None."""
         max_positions = (self.graph_meta or {}).get("max_positions")
-        return (step_io_problem(self.path, self.inputs, max_positions, config, model)
-                or profile_shortfall(self.path, self.profile, config, num_kv_blocks))
+        return step_io_problem(self.path, self.inputs, max_positions, config, model) or profile_shortfall(
+            self.path, self.profile, config, num_kv_blocks
+        )
 
 
 def _built_from(meta: dict) -> tuple[Path | None, dict | None]:
@@ -91,8 +93,9 @@ def _built_from(meta: dict) -> tuple[Path | None, dict | None]:
     return graph, graph_meta if same else None
 
 
-def profile_shortfall(path: Path, profile: dict[str, tuple[Shape, Shape]], config: EngineConfig,
-                      num_kv_blocks: int) -> str | None:
+def profile_shortfall(
+    path: Path, profile: dict[str, tuple[Shape, Shape]], config: EngineConfig, num_kv_blocks: int
+) -> str | None:
     """Which step dimensions `config` can schedule lie outside the engine's profile, or None.
 
     What a config needs is what the engine builder profiles for it (`generator_dims`), so an
@@ -105,13 +108,18 @@ def profile_shortfall(path: Path, profile: dict[str, tuple[Shape, Shape]], confi
         low, high = profile[name]
         for axis, dim in axes.items():
             if not (low[axis] <= need[dim].min and need[dim].max <= high[axis]) and dim not in short:
-                short[dim] = (f"{dim} {need[dim].min}..{need[dim].max} ({LIMITS[dim]}) but the engine takes "
-                              f"{low[axis]}..{high[axis]}")
+                short[dim] = (
+                    f"{dim} {need[dim].min}..{need[dim].max} ({LIMITS[dim]}) but the engine takes "
+                    f"{low[axis]}..{high[axis]}"
+                )
     if not short:
         return None
-    return (f"{path} cannot run every step this config schedules: " + "; ".join(short.values())
-            + ". Rebuild it for these settings (make engines reads them from model_repository/generator/config.pbtxt) "
-              "or lower them")
+    return (
+        f"{path} cannot run every step this config schedules: "
+        + "; ".join(short.values())
+        + ". Rebuild it for these settings (make engines reads them from model_repository/generator/config.pbtxt) "
+        "or lower them"
+    )
 
 
 def engine_mismatch(config: EngineConfig, engine_path: Path) -> str | None:
@@ -122,12 +130,16 @@ def engine_mismatch(config: EngineConfig, engine_path: Path) -> str | None:
     """
     facts = EngineFacts.of_file(engine_path)
     if facts.graph_meta is None:
-        return (f"cannot tell which weights {engine_path} holds: the graph it was built from ({facts.graph}) "
-                "is gone or was exported again since (rebuild: make engines)")
+        return (
+            f"cannot tell which weights {engine_path} holds: the graph it was built from ({facts.graph}) "
+            "is gone or was exported again since (rebuild: make engines)"
+        )
     stale = stale_reason(facts.graph.parent, Path(config.model_dir), check_graph=False)
     if stale:
         return f"{engine_path} was built from {facts.graph}, which does not stand for {config.model_dir}: {stale}"
-    blocks = num_kv_blocks(config, Path(config.model_dir))   # what the runner will allocate, as the builder counts it
+    blocks = num_kv_blocks(
+        config, LlamaConfig.from_dir(config.model_dir)
+    )  # what the runner will allocate, as the builder counts it
     return facts.problem(config, LlamaConfig.from_dir(config.model_dir), blocks)
 
 
@@ -141,7 +153,7 @@ def tensorrt_unavailable(config: EngineConfig) -> str | None:
         return "a TensorRT engine needs a CUDA GPU"
     try:
         engine = find_engine(GENERATOR_ENGINE)
-    except (RuntimeError, OSError) as exc:   # BuildError: no TensorRT module; EngineNotFound; no GPU
+    except (RuntimeError, OSError) as exc:  # BuildError: no TensorRT module; EngineNotFound; no GPU
         return str(exc)
     return engine_mismatch(config, engine)
 

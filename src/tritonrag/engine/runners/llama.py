@@ -49,7 +49,7 @@ class LlamaConfig:
     tie_word_embeddings: bool
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "LlamaConfig":
+    def from_dict(cls, raw: dict) -> LlamaConfig:
         rope = raw.get("rope_parameters") or {}
         if rope.get("rope_type", "default") != "default" or raw.get("rope_scaling"):
             raise ValueError(f"only default RoPE is supported, got {rope or raw.get('rope_scaling')}")
@@ -69,7 +69,7 @@ class LlamaConfig:
         )
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "LlamaConfig":
+    def from_dir(cls, model_dir: str | Path) -> LlamaConfig:
         return cls.from_dict(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
@@ -81,9 +81,9 @@ class DecodeBucket:
     `mask` hides each row's padding.
     """
 
-    rows: torch.Tensor | None       # [n] int64 packed rows; None = rows [0, n) in order
-    block_tables: torch.Tensor      # [n, NB] int64, padded with 0
-    mask: torch.Tensor              # [n, 1, 1, NB * block_size] bool, True = attend
+    rows: torch.Tensor | None  # [n] int64 packed rows; None = rows [0, n) in order
+    block_tables: torch.Tensor  # [n, NB] int64, padded with 0
+    mask: torch.Tensor  # [n, 1, 1, NB * block_size] bool, True = attend
 
 
 @dataclass
@@ -97,7 +97,7 @@ class PrefillMeta:
     q_start: int
     q_end: int
     context_len: int
-    prefix_block_ids: torch.Tensor | None   # [ceil(prefix_len / block_size)] int64
+    prefix_block_ids: torch.Tensor | None  # [ceil(prefix_len / block_size)] int64
 
     @property
     def prefix_len(self) -> int:
@@ -109,18 +109,18 @@ class AttentionMetadata:
     """How the packed batch maps onto sequences and the paged cache; built once per step.
 
     The first `num_decodes` packed rows are single-query sequences: for the paged decode
-    op (tritonrag.engine.paged_attention), their block tables and context lengths; for the
+    op (tritonrag.engine.runners.paged_attention), their block tables and context lengths; for the
     torch path, grouped into `decode_buckets`. The rest are the prefill chunks, in order.
     `logits_indices` are the packed rows to compute logits for.
     """
 
-    slot_mapping: torch.Tensor                 # [T] int64
+    slot_mapping: torch.Tensor  # [T] int64
     num_decodes: int
     decode_buckets: list[DecodeBucket]
     prefills: list[PrefillMeta]
-    logits_indices: torch.Tensor               # [N] int64
+    logits_indices: torch.Tensor  # [N] int64
     decode_tables: torch.Tensor | None = None  # [num_decodes, max blocks] int64, padded with 0 (paged decode op)
-    decode_lens: torch.Tensor | None = None    # [num_decodes] int64 context lengths (paged decode op)
+    decode_lens: torch.Tensor | None = None  # [num_decodes] int64 context lengths (paged decode op)
 
     @classmethod
     def build(
@@ -132,7 +132,7 @@ class AttentionMetadata:
         logits_indices: list[int],
         device: torch.device | str = "cpu",
         paged_decode: bool = False,
-    ) -> "AttentionMetadata":
+    ) -> AttentionMetadata:
         """Metadata for sequences packed in this order: all single-query ones first.
 
         Sequence i contributes `query_lens[i]` rows for positions
@@ -151,14 +151,18 @@ class AttentionMetadata:
         logits = torch.tensor(logits_indices, dtype=torch.long, device=device)
         if paged_decode and num_decodes:
             tables, lens = _padded_tables(block_tables[:num_decodes], device), context_lens[:num_decodes]
-            meta = cls(slot_mapping, num_decodes, [], [], logits, tables, torch.tensor(lens, dtype=torch.long, device=device))
+            meta = cls(
+                slot_mapping, num_decodes, [], [], logits, tables, torch.tensor(lens, dtype=torch.long, device=device)
+            )
         else:
             buckets = _decode_buckets(block_tables[:num_decodes], context_lens[:num_decodes], block_size, device)
             meta = cls(slot_mapping, num_decodes, buckets, [], logits)
         row = num_decodes
         for q_len, ctx, table in zip(query_lens[num_decodes:], context_lens[num_decodes:], block_tables[num_decodes:]):
             prefix = ctx - q_len
-            block_ids = torch.tensor(table[: -(-prefix // block_size)], dtype=torch.long, device=device) if prefix else None
+            block_ids = (
+                torch.tensor(table[: -(-prefix // block_size)], dtype=torch.long, device=device) if prefix else None
+            )
             meta.prefills.append(PrefillMeta(row, row + q_len, ctx, block_ids))
             row += q_len
         return meta
@@ -179,7 +183,7 @@ def _padded_tables(tables: list[list[int]], device) -> torch.Tensor:
 # padded blocks gathered and attended over (~8 us each, fp32, block size 16, 2-core CPU);
 # 4 and 16 measured alike at concurrency 32, the larger one means fewer, bigger ops.
 BUCKET_COST_BLOCKS = 16
-MAX_BUCKET_SPAN = 64    # sequences per bucket considered by the split search (keeps it O(B * 64))
+MAX_BUCKET_SPAN = 64  # sequences per bucket considered by the split search (keeps it O(B * 64))
 
 
 def _decode_buckets(tables: list[list[int]], context_lens: list[int], block_size: int, device) -> list[DecodeBucket]:
@@ -199,9 +203,11 @@ def _decode_buckets(tables: list[list[int]], context_lens: list[int], block_size
         width = widths[members[-1]]
         padded = [tables[i][:width] + [0] * (width - min(len(tables[i]), width)) for i in members]
         lens = torch.tensor([context_lens[i] for i in members], device=device)
-        mask = torch.arange(width * block_size, device=device)[None, :] < lens[:, None]     # [n, L]
+        mask = torch.arange(width * block_size, device=device)[None, :] < lens[:, None]  # [n, L]
         rows = None if members == list(range(len(members))) else torch.tensor(members, dtype=torch.long, device=device)
-        buckets.append(DecodeBucket(rows, torch.tensor(padded, dtype=torch.long, device=device), mask[:, None, None, :]))
+        buckets.append(
+            DecodeBucket(rows, torch.tensor(padded, dtype=torch.long, device=device), mask[:, None, None, :])
+        )
     return buckets
 
 
@@ -288,9 +294,9 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """GQA self-attention: fused QKV projection, RoPE, paged KV write and read."""
 
-    decode_op = None   # tritonrag.engine.paged_attention's op, set by LlamaModel.use_decode_op
+    decode_op = None  # tritonrag.engine.runners.paged_attention's op, set by LlamaModel.use_decode_op
 
-    def __init__(self, cfg: LlamaConfig, scratch: "GatherScratch") -> None:
+    def __init__(self, cfg: LlamaConfig, scratch: GatherScratch) -> None:
         super().__init__()
         self.scratch = scratch
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -302,16 +308,16 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
         # x: [T, hidden]; cos, sin: [T, 1, D]; k_cache, v_cache: [num_blocks, block_size, KVH, D]
         T, H, KVH, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self.qkv_proj(x)                                       # [T, (H + 2 KVH) D]
+        qkv = self.qkv_proj(x)  # [T, (H + 2 KVH) D]
         qk = apply_rope(qkv[:, : (H + KVH) * D].view(T, H + KVH, D), cos, sin)
-        q, k = qk[:, :H], qk[:, H:]                                  # [T, H, D], [T, KVH, D]
+        q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, KVH, D]
         v = qkv[:, (H + KVH) * D :].view(T, KVH, D)
         k_cache.view(-1, KVH, D).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, KVH, D).index_copy_(0, meta.slot_mapping, v)
         o = x.new_empty(T, H * D)
         if meta.decode_tables is not None:
             n = meta.num_decodes
-            o[:n] = self.decode_op(q[:n], k_cache, v_cache, meta.decode_tables, meta.decode_lens, D ** -0.5).view(n, -1)
+            o[:n] = self.decode_op(q[:n], k_cache, v_cache, meta.decode_tables, meta.decode_lens, D**-0.5).view(n, -1)
         for bucket in meta.decode_buckets:
             self._decode(q, k_cache, v_cache, bucket, o)
         for p in meta.prefills:
@@ -323,8 +329,8 @@ class Attention(nn.Module):
         # one SDPA for the bucket's n single-query rows over keys gathered into [n, KVH, L, D]
         n, KVH, D = bucket.block_tables.shape[0], self.num_kv_heads, self.head_dim
         qb = q[:n] if bucket.rows is None else q.index_select(0, bucket.rows)
-        k, v = self.scratch.gather(k_cache, v_cache, bucket.block_tables)   # [n, L, KVH, D]
-        qb = qb.view(n, KVH, self.group, D)                          # query heads of one KV head side by side
+        k, v = self.scratch.gather(k_cache, v_cache, bucket.block_tables)  # [n, L, KVH, D]
+        qb = qb.view(n, KVH, self.group, D)  # query heads of one KV head side by side
         ob = F.scaled_dot_product_attention(qb, k.transpose(1, 2), v.transpose(1, 2), attn_mask=bucket.mask)
         if bucket.rows is None:
             o[:n] = ob.reshape(n, -1)
@@ -337,11 +343,15 @@ class Attention(nn.Module):
         if p.prefix_block_ids is None:
             # 4-D [1, heads, len, D] inputs take torch's flash kernel on CPU (3-D falls back to the math path)
             o = F.scaled_dot_product_attention(
-                q[None].transpose(1, 2), k[None].transpose(1, 2), v[None].transpose(1, 2), is_causal=True, enable_gqa=True,
-            )                                                        # [1, H, Tq, D]
+                q[None].transpose(1, 2),
+                k[None].transpose(1, 2),
+                v[None].transpose(1, 2),
+                is_causal=True,
+                enable_gqa=True,
+            )  # [1, H, Tq, D]
             return o[0].transpose(0, 1).reshape(Tq, -1)
         pk, pv = self.scratch.gather(k_cache, v_cache, p.prefix_block_ids[None])
-        pk, pv = pk[0, : p.prefix_len], pv[0, : p.prefix_len]        # [P, KVH, D]
+        pk, pv = pk[0, : p.prefix_len], pv[0, : p.prefix_len]  # [P, KVH, D]
         return attend_with_prefix(q, k, v, pk, pv).reshape(Tq, -1)
 
 
@@ -358,19 +368,24 @@ def attend_with_prefix(q, k, v, prefix_k, prefix_v) -> torch.Tensor:
     if q.device.type != "cpu":
         keys, values = torch.cat((prefix_k, k)), torch.cat((prefix_v, v))
         mask = torch.ones(Tq, P + Tq, dtype=torch.bool, device=q.device).tril(P)
-        o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys.transpose(0, 1)[None],
-                                           values.transpose(0, 1)[None], attn_mask=mask, enable_gqa=True)
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            keys.transpose(0, 1)[None],
+            values.transpose(0, 1)[None],
+            attn_mask=mask,
+            enable_gqa=True,
+        )
         return o[0].transpose(0, 1)
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     # GQA as a batch of G: query heads [G, KVH, Tq, D] against their KV head, broadcast over G
     qg = q.view(Tq, KVH, G, D).permute(2, 1, 0, 3)
 
     def heads(x):
-        return x.transpose(0, 1)[None].expand(G, -1, -1, -1)        # [G, KVH, len, D]
+        return x.transpose(0, 1)[None].expand(G, -1, -1, -1)  # [G, KVH, len, D]
 
     o1, lse1 = flash(qg, heads(prefix_k), heads(prefix_v), 0.0, False)
     o2, lse2 = flash(qg, heads(k), heads(v), 0.0, True)
-    lse = torch.logaddexp(lse1, lse2)                                # [G, KVH, Tq]
+    lse = torch.logaddexp(lse1, lse2)  # [G, KVH, Tq]
     o = o1 * (lse1 - lse).exp_()[..., None] + o2 * (lse2 - lse).exp_()[..., None]
     return o.to(q.dtype).permute(2, 1, 0, 3).reshape(Tq, H, D)
 
@@ -438,8 +453,8 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, self.scratch) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.tied_head_packed: torch.Tensor | None = None   # the embedding as a prepacked lm_head, set by prepack
-        self.rope_cos: torch.Tensor | None = None   # [max_positions, D], set by init_rope
+        self.tied_head_packed: torch.Tensor | None = None  # the embedding as a prepacked lm_head, set by prepack
+        self.rope_cos: torch.Tensor | None = None  # [max_positions, D], set by init_rope
         self.rope_sin: torch.Tensor | None = None
 
     def init_rope(self, max_positions: int) -> None:
@@ -450,20 +465,20 @@ class LlamaModel(nn.Module):
     @torch.inference_mode()
     def forward(
         self,
-        input_ids: torch.Tensor,                        # [T]
-        positions: torch.Tensor,                        # [T]
+        input_ids: torch.Tensor,  # [T]
+        positions: torch.Tensor,  # [T]
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         """Logits [N, vocab] (model dtype) for the packed rows `meta.logits_indices`."""
-        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]   # [T, 1, D]
-        x = self.embed_tokens(input_ids)                                                  # [T, hidden]
+        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # [T, 1, D]
+        x = self.embed_tokens(input_ids)  # [T, hidden]
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
-        x = self.norm(x[meta.logits_indices])                                            # [N, hidden]
+        x = self.norm(x[meta.logits_indices])  # [N, hidden]
         if self.lm_head is not None:
             return self.lm_head(x)
-        return linear(x, self.embed_tokens.weight, self.tied_head_packed)               # [N, vocab]
+        return linear(x, self.embed_tokens.weight, self.tied_head_packed)  # [N, vocab]
 
     def use_decode_op(self, op) -> None:
         """Decode attention through the paged decode op (AttentionMetadata built with paged_decode=True)."""
@@ -520,5 +535,7 @@ def _fuse_weights(hf: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, to
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
         state[p + "self_attn.qkv_proj.weight"] = torch.cat([state.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
-        state[p + "mlp.gate_up_proj.weight"] = torch.cat([state.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")])
+        state[p + "mlp.gate_up_proj.weight"] = torch.cat(
+            [state.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")]
+        )
     return state

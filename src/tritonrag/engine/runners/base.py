@@ -1,8 +1,8 @@
-"""Model runners: own the weights and the paged KV cache, turn a SchedulerOutput into logits.
+"""What every model runner shares: KV pool sizing and allocation, EOS ids, the order chunks are packed in.
 
-`PagedRunner` is what every runtime shares (KV pool sizing and allocation, EOS ids, the
-order in which chunks are packed); `ModelRunner` runs our torch Llama on it. The ONNX
-Runtime runner (tritonrag.engine.onnx_step) is a sibling over the same pool layout.
+A runner owns the weights and the paged KV cache and turns a SchedulerOutput into logits.
+`ModelRunner` (torch_runner) runs our torch Llama; `OnnxModelRunner` and `TrtModelRunner` run
+the exported step graph (step_graph) over the same pool layout.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tritonrag.engine.config import EngineConfig
-from tritonrag.engine.model import AttentionMetadata, LlamaConfig, load_llama
+from tritonrag.engine.runners.llama import LlamaConfig
 from tritonrag.engine.sequence import ScheduledChunk, SchedulerOutput
 
 log = logging.getLogger(__name__)
@@ -33,30 +33,39 @@ class PagedRunner:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        if config.num_threads > 0:   # torch's ops around the model (KV writes, sampling) too, whatever the runtime
+        if config.num_threads > 0:  # torch's ops around the model (KV writes, sampling) too, whatever the runtime
             torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.model_config = LlamaConfig.from_dir(config.model_dir)
         self.block_size = config.block_size
-        self.num_kv_blocks = config.num_kv_blocks or config.kv_cache_memory_bytes // self.bytes_per_block
-        if self.num_kv_blocks < 1:
-            raise ValueError(
-                f"kv_cache_memory_bytes={config.kv_cache_memory_bytes} is less than one block ({self.bytes_per_block} bytes)"
-            )
+        self.num_kv_blocks = num_kv_blocks(config, self.model_config)
         self.eos_token_ids = _eos_token_ids(Path(config.model_dir))
 
     def allocate_kv_cache(self) -> torch.Tensor:
         """The zeroed pool [L, 2, num_blocks, block_size, KVH, D] in the runner's dtype and device."""
         cfg = self.model_config
         return torch.zeros(
-            cfg.num_layers, 2, self.num_kv_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim,
-            dtype=self.dtype, device=self.device,
+            cfg.num_layers,
+            2,
+            self.num_kv_blocks,
+            self.block_size,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            dtype=self.dtype,
+            device=self.device,
         )
 
     def log_ready(self) -> None:
-        log.info("model runner (%s): %s %s, %d KV blocks of %d tokens (%.1f MiB)", self.runtime, self.config.dtype,
-                 self.device, self.num_kv_blocks, self.block_size, self.num_kv_blocks * self.bytes_per_block / 2**20)
+        log.info(
+            "model runner (%s): %s %s, %d KV blocks of %d tokens (%.1f MiB)",
+            self.runtime,
+            self.config.dtype,
+            self.device,
+            self.num_kv_blocks,
+            self.block_size,
+            self.num_kv_blocks * self.bytes_per_block / 2**20,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -71,50 +80,6 @@ class PagedRunner:
 
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
         raise NotImplementedError
-
-
-class ModelRunner(PagedRunner):
-    """Runs one engine step with our torch Llama: packs the scheduled chunks, returns sampling logits."""
-
-    runtime = "torch"
-
-    def __init__(self, config: EngineConfig) -> None:
-        super().__init__(config)
-        self.model = load_llama(config.model_dir, self.dtype, self.device, max_positions=config.max_model_len)
-        self.kv_cache = self.allocate_kv_cache()
-        self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
-        self.paged_decode = self._use_paged_decode()
-        self.log_ready()
-
-    def _use_paged_decode(self) -> bool:
-        """Decode attention in place from the pool where the op builds for this CPU (logged either way)."""
-        from tritonrag.engine import paged_attention
-
-        if not paged_attention.kernel_supports(self.model_config.head_dim, self.device):
-            return False
-        op = paged_attention.load_decode_kernel()
-        if op is not None:
-            self.model.use_decode_op(op)
-            log.info("model runner: decode attention reads the paged KV cache in place (%s)", paged_attention.EXTENSION_NAME)
-        return op is not None
-
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
-        """Logits [number of sampling chunks, vocab] in float32, in chunk order."""
-        if out.is_empty:
-            return self.empty_logits()
-        chunks, logits_rows = order_chunks(out)
-        input_ids, positions = pack_tokens(chunks)
-        meta = AttentionMetadata.build(
-            query_lens=[c.num_new_tokens for c in chunks],
-            context_lens=[c.end for c in chunks],
-            block_tables=[c.seq.block_table for c in chunks],
-            block_size=self.block_size,
-            logits_indices=logits_rows,
-            device=self.device,
-            paged_decode=self.paged_decode,
-        )
-        logits = self.model(input_ids.to(self.device), positions.to(self.device), self.kv_caches, meta)
-        return logits.float()
 
 
 def order_chunks(out: SchedulerOutput) -> tuple[list[ScheduledChunk], list[int]]:
@@ -156,3 +121,18 @@ def _eos_token_ids(model_dir: Path) -> list[int]:
             if token_id is not None and token_id not in ids:
                 ids.append(token_id)
     return ids
+
+
+def num_kv_blocks(config: EngineConfig, model: LlamaConfig) -> int:
+    """Blocks the KV pool holds: num_kv_blocks, or kv_cache_memory_bytes over one block's bytes.
+
+    The one formula: runners allocate this many and the TensorRT builder profiles for it.
+    """
+    if config.num_kv_blocks:
+        return config.num_kv_blocks
+    per_block = kv_bytes_per_block(model, config.block_size, config.dtype)
+    if config.kv_cache_memory_bytes < per_block:
+        raise ValueError(
+            f"kv_cache_memory_bytes={config.kv_cache_memory_bytes} is less than one block ({per_block} bytes)"
+        )
+    return config.kv_cache_memory_bytes // per_block

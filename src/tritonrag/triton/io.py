@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import triton_python_backend_utils as pb_utils

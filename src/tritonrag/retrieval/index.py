@@ -4,7 +4,7 @@ Every index is an IndexIDMap2 around the real index, so the ids FAISS returns ar
 docstore row ids. An index folder holds:
 
     faiss.index       the FAISS index
-    docstore.sqlite   the chunk texts (tritonrag.docstore)
+    docstore.sqlite   the chunk texts (tritonrag.retrieval.docstore)
     meta.json         kind, dim, count, embedder, chunk settings, fingerprint, recall
 """
 
@@ -191,5 +191,7 @@ def load_index(folder: str | Path) -> tuple[faiss.Index, dict[str, Any]]:
     meta = read_meta(folder)
     index = faiss.read_index(str(Path(folder) / INDEX_FILE))
     if index.d != meta["dim"] or index.ntotal != meta["count"]:
-        raise ValueError(f"{folder}: index has d={index.d} n={index.ntotal}, meta.json says {meta['dim']}/{meta['count']}")
+        raise ValueError(
+            f"{folder}: index has d={index.d} n={index.ntotal}, meta.json says {meta['dim']}/{meta['count']}"
+        )
     return index, meta

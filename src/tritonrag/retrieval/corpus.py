@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from tritonrag.errors import InvalidInput
 
@@ -27,16 +27,82 @@ MIN_MODULE_DOC_WORDS = 40
 # Standard-library modules whose docstrings are real documentation (checked: >= 40 words on
 # CPython 3.11). Modules deprecated by PEP 594 are left out so the corpus survives 3.13.
 DEFAULT_MODULES = (
-    "argparse", "array", "ast", "builtins", "calendar", "cmd", "codeop", "collections",
-    "colorsys", "compileall", "configparser", "copy", "csv", "dbm", "difflib", "doctest",
-    "errno", "fileinput", "fnmatch", "ftplib", "gc", "getopt", "getpass", "gettext",
-    "hashlib", "heapq", "inspect", "io", "itertools", "json", "keyword", "locale", "lzma",
-    "marshal", "mimetypes", "operator", "optparse", "os", "pdb", "pickle", "pickletools",
-    "platform", "posixpath", "pprint", "pyclbr", "random", "re", "rlcompleter", "runpy",
-    "sched", "shelve", "site", "smtplib", "socket", "socketserver", "sqlite3", "ssl",
-    "statistics", "string", "struct", "subprocess", "sys", "tabnanny", "tempfile", "time",
-    "timeit", "tokenize", "trace", "typing", "unicodedata", "unittest", "uuid", "wsgiref",
-    "xml", "zipimport", "zlib",
+    "argparse",
+    "array",
+    "ast",
+    "builtins",
+    "calendar",
+    "cmd",
+    "codeop",
+    "collections",
+    "colorsys",
+    "compileall",
+    "configparser",
+    "copy",
+    "csv",
+    "dbm",
+    "difflib",
+    "doctest",
+    "errno",
+    "fileinput",
+    "fnmatch",
+    "ftplib",
+    "gc",
+    "getopt",
+    "getpass",
+    "gettext",
+    "hashlib",
+    "heapq",
+    "inspect",
+    "io",
+    "itertools",
+    "json",
+    "keyword",
+    "locale",
+    "lzma",
+    "marshal",
+    "mimetypes",
+    "operator",
+    "optparse",
+    "os",
+    "pdb",
+    "pickle",
+    "pickletools",
+    "platform",
+    "posixpath",
+    "pprint",
+    "pyclbr",
+    "random",
+    "re",
+    "rlcompleter",
+    "runpy",
+    "sched",
+    "shelve",
+    "site",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "sqlite3",
+    "ssl",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "sys",
+    "tabnanny",
+    "tempfile",
+    "time",
+    "timeit",
+    "tokenize",
+    "trace",
+    "typing",
+    "unicodedata",
+    "unittest",
+    "uuid",
+    "wsgiref",
+    "xml",
+    "zipimport",
+    "zlib",
 )
 
 _WORD = re.compile(r"\S+")
@@ -90,8 +156,16 @@ def chunk(
             break
         last = min(first + max_words, len(spans)) - 1
         begin, end = spans[first][0], spans[last][1]
-        chunks.append(Chunk(f"{document.doc_id}#{n}", document.doc_id, document.title,
-                            document.source, document.text[begin:end], begin))
+        chunks.append(
+            Chunk(
+                f"{document.doc_id}#{n}",
+                document.doc_id,
+                document.title,
+                document.source,
+                document.text[begin:end],
+                begin,
+            )
+        )
     return chunks
 
 

@@ -1,24 +1,24 @@
 """Run tritonserver on the model repository in the foreground; optionally ask one streamed question.
 
-    python -m tritonrag.serve [--demo "question"] [--exit-after-demo] [--grpc-port 8001 ...]
+python -m tritonrag.triton.serve [--demo "question"] [--exit-after-demo] [--grpc-port 8001 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tritonrag.paths import MODEL_REPOSITORY
-from tritonrag.server import TritonServer
+from tritonrag.triton.server import TritonServer
 
 
 def ask_demo(server: TritonServer, question: str) -> None:
-    from tritonrag_clients.ask import main as ask
-
+    """Ask through the streaming CLI as a user would, in its own process (the server side imports no client)."""
     print(f"\n>>> {question}\n", flush=True)
-    ask([question, "--url", server.grpc_url])
+    subprocess.run([sys.executable, "-m", "tritonrag_clients.ask", question, "--url", server.grpc_url], check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.exit_after_demo:
                 return 0
         print(
-            f"\nAsk it something:  make ask Q=\"How do I read a file line by line?\"\n"
+            f'\nAsk it something:  make ask Q="How do I read a file line by line?"\n'
             f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics {server.metrics_url}\n"
             "Ctrl-C stops the server.",
             flush=True,

@@ -6,7 +6,7 @@ the other. Inputs and outputs stay torch CUDA tensors: each input's shape is set
 execution context, every tensor's address is bound, and `execute_async_v3` is enqueued on
 torch's current stream, so the caller orders work with the usual torch stream semantics.
 
-Engines come from the cache `tritonrag.trt_build` writes (engines/<name>/<key>/):
+Engines come from the cache `tritonrag.compile.trt_build` writes (engines/<name>/<key>/):
 `find_engine` picks the newest one built by this TensorRT for this GPU's compute
 capability. GPU-only: nothing here runs without CUDA.
 """
@@ -20,8 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tritonrag.compile.trt_build import (
+    ENGINE_FILE,
+    META_FILE,
+    Backend,
+    current_gpu_capability,
+    dtype_name,
+    load_backend,
+)
 from tritonrag.paths import engines_dir
-from tritonrag.trt_build import ENGINE_FILE, META_FILE, Backend, current_gpu_capability, dtype_name, load_backend
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +37,9 @@ class EngineNotFound(FileNotFoundError):
     """No engine in the cache fits this backend and GPU; the message says how to build one."""
 
 
-def find_engine(name: str, root: Path | None = None, backend: Backend | None = None,
-                capability: str | None = None) -> Path:
+def find_engine(
+    name: str, root: Path | None = None, backend: Backend | None = None, capability: str | None = None
+) -> Path:
     """The newest cached engine of `name` built by this backend and version for `capability` (this GPU's).
 
     Other entries (another TensorRT, another GPU generation) cannot be deserialized here,
@@ -100,14 +108,22 @@ class TrtSession:
         with torch.cuda.device(self.device):
             self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
             if self.engine is None:
-                raise RuntimeError(f"{self.backend.name} {self.backend.version} could not deserialize {self.engine_path}: "
-                                   f"built by another TensorRT or for another GPU? (see its {META_FILE})")
+                raise RuntimeError(
+                    f"{self.backend.name} {self.backend.version} could not deserialize {self.engine_path}: "
+                    f"built by another TensorRT or for another GPU? (see its {META_FILE})"
+                )
             self.context = self.engine.create_execution_context()
         self.inputs, self.outputs = self._io_specs()
         self.profile = {spec.name: self._profile_range(spec.name) for spec in self.inputs}
         self.engine_meta = engine_meta(self.engine_path)
-        log.info("tensorrt: loaded %s (%s %s, %d inputs, %d outputs)", self.engine_path, self.backend.name,
-                 self.backend.version, len(self.inputs), len(self.outputs))
+        log.info(
+            "tensorrt: loaded %s (%s %s, %d inputs, %d outputs)",
+            self.engine_path,
+            self.backend.name,
+            self.backend.version,
+            len(self.inputs),
+            len(self.outputs),
+        )
 
     @property
     def input_names(self) -> list[str]:
@@ -151,7 +167,9 @@ class TrtSession:
         tensors = {spec.name: self._input(spec, feeds) for spec in self.inputs}
         extra = set(feeds) - set(tensors)
         if extra:
-            raise ValueError(f"{self.engine_path.parent.name}: unknown input(s) {sorted(extra)}; the engine takes {self.input_names}")
+            raise ValueError(
+                f"{self.engine_path.parent.name}: unknown input(s) {sorted(extra)}; the engine takes {self.input_names}"
+            )
         for name, tensor in tensors.items():
             self._check_shape(name, tuple(tensor.shape))
         return tensors
@@ -188,20 +206,24 @@ class TrtSession:
         """A shape outside the profile is the caller's error, stated here, not a TensorRT log line."""
         low, high = self.profile[name]
         if len(shape) != len(low) or any(not lo <= size <= hi for size, lo, hi in zip(shape, low, high)):
-            raise ValueError(f"input {name!r} has shape {list(shape)}; the engine's profile accepts {list(low)} to "
-                             f"{list(high)} (rebuild with larger settings: make engines)")
+            raise ValueError(
+                f"input {name!r} has shape {list(shape)}; the engine's profile accepts {list(low)} to "
+                f"{list(high)} (rebuild with larger settings: make engines)"
+            )
 
     def _output(self, spec: TensorSpec):
         import torch
 
         shape = tuple(self.context.get_tensor_shape(spec.name))
         if any(size < 0 for size in shape):
-            raise RuntimeError(f"output {spec.name!r} has a data-dependent shape {list(shape)}, which this runtime does not support")
+            raise RuntimeError(
+                f"output {spec.name!r} has a data-dependent shape {list(shape)}, which this runtime does not support"
+            )
         return torch.empty(shape, dtype=getattr(torch, spec.dtype), device=self.device)
 
 
 def engine_meta(engine_path: Path | str) -> dict:
-    """The engine.json `tritonrag.trt_build` wrote beside the engine ({} if there is none).
+    """The engine.json `tritonrag.compile.trt_build` wrote beside the engine ({} if there is none).
 
     It records what the engine cannot tell once deserialized: the ONNX graph it was built
     from (and that graph's sha256), so a caller can trace the engine back to its weights.
@@ -228,7 +250,7 @@ def engine_or_none(name: str) -> Path | None:
 class TensorRTRuntime:
     """A stage runtime over a TrtSession: `run(feeds, outputs)` -> {output name: numpy array}.
 
-    The same interface as tritonrag.onnx_export.OnnxRuntime and the embedder's TorchRuntime,
+    The same interface as tritonrag.compile.onnx_export.OnnxRuntime and the embedder's TorchRuntime,
     so a stage swaps runtimes without knowing which one it has. GPU only.
     """
 

@@ -1,6 +1,6 @@
 """Retrieval quality on labelled questions: recall@k and MRR@10, first stage and after reranking.
 
-    python -m tritonrag.evaluate [--index DIR] [--reranker default|none|NAME|PATH ...] [--k 1,3,5,10]
+    python -m tritonrag.retrieval.evaluate [--index DIR] [--reranker default|none|NAME|PATH ...] [--k 1,3,5,10]
                                  [--candidates 30] [--strict] [--json OUT]
 
 A question is answered by one document (doc-level labels, so re-chunking keeps them valid).
@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-from tritonrag.docstore import DocStore, Passage
 from tritonrag.paths import REPO_ROOT, index_dir
-from tritonrag.retriever import Hit
+from tritonrag.retrieval.docstore import DocStore, Passage
+from tritonrag.retrieval.embedder import Embedder
+from tritonrag.retrieval.reranker import Reranker
+from tritonrag.retrieval.retriever import Hit, Retriever
 
 EVAL_SET = REPO_ROOT / "tests" / "data" / "retrieval_eval.jsonl"
 SHINGLE = 8
@@ -85,13 +87,15 @@ def metrics(ranks: Sequence[int | None], ks: Sequence[int]) -> dict[str, float]:
     return out
 
 
-def run(index: Path, rerankers: Sequence[str], ks: Sequence[int], candidates: int, strict: bool,
-        questions: Sequence[Question]) -> dict[str, dict]:
+def run(
+    index: Path,
+    rerankers: Sequence[str],
+    ks: Sequence[int],
+    candidates: int,
+    strict: bool,
+    questions: Sequence[Question],
+) -> dict[str, dict]:
     """Metrics of first-stage retrieval and of each reranker over the same candidates."""
-    from tritonrag.embedder import Embedder
-    from tritonrag.reranker import Reranker
-    from tritonrag.retriever import Retriever
-
     embedder, retriever = Embedder(), Retriever(index, use_gpu="never")
     relevance = Relevance(retriever.docstore, strict)
     texts = [q.question for q in questions]
@@ -100,7 +104,8 @@ def run(index: Path, rerankers: Sequence[str], ks: Sequence[int], candidates: in
     first_ms = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
     results = {"first stage": _score(hits_lists, questions, relevance, ks, first_ms)}
     results["first stage"][f"recall@{candidates}"] = metrics(
-        [first_hit_rank(h, q.doc_id, relevance) for h, q in zip(hits_lists, questions)], [candidates])[f"recall@{candidates}"]
+        [first_hit_rank(h, q.doc_id, relevance) for h, q in zip(hits_lists, questions)], [candidates]
+    )[f"recall@{candidates}"]
     top_n = max(max(ks), 10)
     for spec in rerankers:
         reranker = Reranker.from_config(spec, embedder=embedder)
@@ -141,8 +146,12 @@ def _cell(column: str, value) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, default=index_dir())
-    parser.add_argument("--reranker", action="append", default=None,
-                        help="default | none | a candidate name | a CrossEncoder directory (repeatable, comma-separated)")
+    parser.add_argument(
+        "--reranker",
+        action="append",
+        default=None,
+        help="default | none | a candidate name | a CrossEncoder directory (repeatable, comma-separated)",
+    )
     parser.add_argument("--k", default="1,3,5,10", help="cut-offs for recall@k")
     parser.add_argument("--candidates", type=int, default=30, help="first-stage hits handed to the reranker")
     parser.add_argument("--questions", type=Path, default=EVAL_SET)
@@ -155,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     results = run(args.index, rerankers, ks, args.candidates, args.strict, questions)
     print_table(results, f"{len(questions)} questions, index {args.index}{' (strict)' if args.strict else ''}")
     if args.json:
-        args.json.write_text(json.dumps({"questions": len(questions), "strict": args.strict, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"questions": len(questions), "strict": args.strict, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Each graph has its own folder, `onnx_dir()/<name>/` (`embedder`, `reranker`, ...
     parity: {reference, max_abs_diff, tolerance, ...}   measured against torch at export
     (+ whatever an exporter adds, e.g. the tokenizer's max_length)
 
-Generic helpers, for any exporter (the generator step's in tritonrag.engine.onnx_step too):
+Generic helpers, for any exporter (the generator step's in tritonrag.engine.runners.onnx_runner too):
 
     staging(out_dir)                  write into a hidden sibling, swapped in on success
     export_module(module, example, path, output_names, dynamic_axes)  torch -> model.onnx
@@ -20,12 +20,11 @@ Generic helpers, for any exporter (the generator step's in tritonrag.engine.onnx
     up_to_date(folder, checkpoint)    meta.json matches the graph on disk and the checkpoint
     max_abs_diff(got, want, mask)     the parity number, optionally over unmasked positions
     OnnxRuntime(path, device)         a runtime with one `run(feeds, outputs)` method
-    choose_runtime(...)               tritonrag.runtime.pick_runtime plus the checks a graph
+    choose_runtime(...)               tritonrag.compile.runtime.pick_runtime plus the checks a graph
                                       needs before it serves (fresh meta.json), fallback logged
 
-The two exporters of the retrieval stages are here: `export_embedder` (all-MiniLM-L6-v2 ->
-mean-pooled unit `embedding` and `token_states`) and `export_cross_encoder` (a
-sentence-transformers CrossEncoder directory -> `score`).
+The exporters themselves live with their models: tritonrag.retrieval.export (embedder,
+cross-encoder) and tritonrag.engine.runners.step_export (the generator step).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,18 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tritonrag.runtime import RUNTIMES, RuntimeChoice, pick_runtime
+from tritonrag.compile.runtime import RUNTIMES, RuntimeChoice, pick_runtime
 
-FORMAT = 1                  # bump when the exporters change what a graph computes
-OPSET = 18                  # the opset TensorRT for RTX 1.7 was checked with (shared PLATFORM.md)
+FORMAT = 1  # bump when the exporters change what a graph computes
+OPSET = 18  # the opset TensorRT for RTX 1.7 was checked with (shared PLATFORM.md)
 GRAPH_FILE = "model.onnx"
 META_FILE = "meta.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-
-# Parity tolerances, float32 on the CPU (measured: embeddings ~3e-7, token states ~3e-6, scores ~1e-7).
-EMBEDDING_ATOL = 1e-5
-TOKEN_STATES_ATOL = 1e-4
-SCORE_ATOL = 1e-5
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +56,15 @@ log = logging.getLogger(__name__)
 # ---- export and check -------------------------------------------------------------------
 
 
-def export_module(module, example: Mapping[str, object], path: Path, output_names: Sequence[str],
-                  dynamic_axes: Mapping[str, Mapping[int, str]], opset: int = OPSET,
-                  external_data: bool = False) -> Path:
+def export_module(
+    module,
+    example: Mapping[str, object],
+    path: Path,
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+    opset: int = OPSET,
+    external_data: bool = False,
+) -> Path:
     """Export `module(**example)` with torch.onnx's dynamo exporter; inputs named as example's keys.
 
     dynamic_axes names the dynamic dimension of each input ({"input_ids": {0: "batch", 1: "seq"}});
@@ -78,14 +77,17 @@ def export_module(module, example: Mapping[str, object], path: Path, output_name
     import torch
 
     dims: dict[str, object] = {}
-    shapes = {name: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
-              for name, axes in dynamic_axes.items()}
+    shapes = {
+        name: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
+        for name, axes in dynamic_axes.items()
+    }
     with warnings.catch_warnings():
         # Noise of torch 2.13's exporter: each shared axis name "will not be used" (it is), LeafSpec deprecation.
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        program = torch.onnx.export(module, (), kwargs=dict(example), dynamic_shapes=shapes,
-                                    opset_version=opset, dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            module, (), kwargs=dict(example), dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False
+        )
     _rename_outputs(program.model.graph, output_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=external_data)
@@ -210,8 +212,15 @@ def _defines_model(path: Path, root: Path) -> bool:
     return not hidden and (path.suffix in WEIGHT_SUFFIXES or path.suffix == ".json")
 
 
-def write_meta(path: Path, name: str, *, source: dict, parity: dict, extra: Mapping | None = None,
-               export_seconds: float | None = None) -> dict:
+def write_meta(
+    path: Path,
+    name: str,
+    *,
+    source: dict,
+    parity: dict,
+    extra: Mapping | None = None,
+    export_seconds: float | None = None,
+) -> dict:
     """Write meta.json beside the graph at path (after `check`), and return it."""
     import torch
 
@@ -268,8 +277,10 @@ def stale_reason(folder: Path, checkpoint: Path, check_graph: bool = True) -> st
         exported_from, checkpoint = meta["source"]["checkpoint"], Path(checkpoint).resolve()
         if exported_from == str(checkpoint):
             return f"{checkpoint} changed since {graph} was exported from it (re-export)"
-        return (f"{graph} was exported from {exported_from}, whose weights or configs differ "
-                f"from {checkpoint} (re-export with --checkpoint)")
+        return (
+            f"{graph} was exported from {exported_from}, whose weights or configs differ "
+            f"from {checkpoint} (re-export with --checkpoint)"
+        )
     return None
 
 
@@ -310,14 +321,20 @@ class OnnxRuntime:
         return dict(zip(outputs, values))
 
 
-def choose_runtime(requested: str, device: str, onnx_path: Path | None, checkpoint: Path,
-                   engine_path: Path | None = None, logger: logging.Logger | None = None) -> RuntimeChoice:
+def choose_runtime(
+    requested: str,
+    device: str,
+    onnx_path: Path | None,
+    checkpoint: Path,
+    engine_path: Path | None = None,
+    logger: logging.Logger | None = None,
+) -> RuntimeChoice:
     """pick_runtime, then one step down while the picked runtime cannot serve this stage.
 
     onnxruntime cannot when the graph's meta.json is missing or names other weights than
     checkpoint (a graph of another model would answer, silently wrong); tensorrt cannot
     without an engine for this GPU (engine_path None). A fallback is logged at WARNING with its reasons,
-    on the stage's logger ("tritonrag.embedder: runtime torch (configured onnxruntime: ...)").
+    on the stage's logger ("tritonrag.retrieval.embedder: runtime torch (configured onnxruntime: ...)").
     """
     artifacts = {"onnxruntime": onnx_path, "tensorrt": engine_path}
     choice = pick_runtime(requested, device, artifacts)
@@ -336,99 +353,3 @@ def _cannot_serve(runtime: str, onnx_path: Path | None, checkpoint: Path, engine
     if runtime == "onnxruntime":
         return stale_reason(Path(onnx_path).parent, checkpoint, check_graph=False)
     return None
-
-
-# ---- the retrieval stages' exporters ------------------------------------------------------
-
-# Ragged parity batch: one word to past the 256-token cut, so padding and truncation are covered.
-PARITY_TEXTS = (
-    "x",
-    "How do I read a file line by line?",
-    "What does the with statement do, and how does a context manager's __exit__ see an exception?",
-    "The for statement iterates over the elements of a sequence or other iterable object. " * 30,
-)
-PARITY_PASSAGES = (
-    "Use open() in a with statement and iterate over the file object.",
-    "str.strip() returns a copy of the string with leading and trailing whitespace removed.",
-    "A context manager defines __enter__ and __exit__; __exit__ receives the exception type, value and traceback.",
-    "Loops: break leaves the loop early and continue skips to the next iteration. " * 40,
-)
-
-
-def export_embedder(model_dir: Path, out_dir: Path, max_seq_length: int = 256) -> dict:
-    """all-MiniLM-L6-v2 -> out_dir/model.onnx: (input_ids, attention_mask) [batch, seq] int64 ->
-    embedding [batch, 384] (masked mean, L2-normalised: Embedder.embed_tokens) and
-    token_states [batch, seq, 384] (the MaxSim reranker's input). Returns meta.json's content.
-    """
-    from tritonrag.embedder import Embedder, SentenceEmbedding
-
-    started = time.perf_counter()
-    embedder = Embedder(model_dir, max_seq_length=max_seq_length)
-    module = SentenceEmbedding.load(embedder.model_dir)
-    example = _torch_feeds(embedder.tokenize(PARITY_TEXTS[1:3]))
-    with staging(out_dir) as folder:
-        path = export_module(module, example, folder / GRAPH_FILE, SentenceEmbedding.output_names,
-                             {name: {0: "batch", 1: "seq"} for name in SentenceEmbedding.input_names})
-        check(path)
-        tokens = embedder.tokenize(PARITY_TEXTS)
-        want = _run_torch(module, tokens)
-        got = OnnxRuntime(path).run(tokens, SentenceEmbedding.output_names)
-        mask = tokens["attention_mask"]
-        parity = _parity({
-            "embedding": (max_abs_diff(got["embedding"], want["embedding"]), EMBEDDING_ATOL),
-            "token_states": (max_abs_diff(got["token_states"], want["token_states"], mask), TOKEN_STATES_ATOL),
-        }, f"{len(PARITY_TEXTS)} texts of {mask.sum(1).tolist()} tokens; token_states over unpadded positions")
-        return write_meta(path, "embedder", source=source_fingerprint(embedder.model_dir), parity=parity,
-                          extra={"max_seq_length": max_seq_length}, export_seconds=time.perf_counter() - started)
-
-
-def export_cross_encoder(checkpoint: Path, out_dir: Path) -> dict:
-    """A sentence-transformers CrossEncoder directory -> out_dir/model.onnx: input_ids, attention_mask
-    (and token_type_ids when its tokenizer makes them) [batch, seq] int64 -> score [batch], the
-    value CrossEncoder.predict gives (activation applied; the last label of a multi-label head).
-    """
-    from tritonrag.cross_encoder import CrossEncoderScore, pair_features
-
-    started = time.perf_counter()
-    module = CrossEncoderScore.load(checkpoint)
-    example_pairs = list(zip(PARITY_TEXTS[1:3], PARITY_PASSAGES[1:3]))
-    example = _torch_feeds(pair_features(module.tokenizer, example_pairs, module.max_length))
-    with staging(out_dir) as folder:
-        path = export_module(module, example, folder / GRAPH_FILE, ("score",),
-                             {name: {0: "batch", 1: "seq"} for name in module.input_names})
-        check(path)
-        pairs = [(q, p) for q in PARITY_TEXTS for p in PARITY_PASSAGES]
-        feeds = pair_features(module.tokenizer, pairs, module.max_length)
-        want = _run_torch(module, feeds)["score"]
-        got = OnnxRuntime(path).run(feeds, ("score",))["score"]
-        parity = _parity({"score": (max_abs_diff(got, want), SCORE_ATOL)},
-                         f"{len(pairs)} (query, passage) pairs of up to {feeds['attention_mask'].shape[1]} tokens")
-        parity["same_order"] = bool((np.argsort(-got, kind="stable") == np.argsort(-want, kind="stable")).all())
-        return write_meta(path, "reranker", source=source_fingerprint(checkpoint), parity=parity,
-                          extra={"max_length": module.max_length, "activation": module.activation_name},
-                          export_seconds=time.perf_counter() - started)
-
-
-def _torch_feeds(features: Mapping[str, np.ndarray]) -> dict:
-    import torch
-
-    return {name: torch.as_tensor(value) for name, value in features.items()}
-
-
-def _run_torch(module, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import torch
-
-    with torch.inference_mode():
-        values = module(**_torch_feeds({n: features[n] for n in module.input_names}))
-    return {name: v.float().numpy() for name, v in zip(module.output_names, values)}
-
-
-def _parity(measured: Mapping[str, tuple[float, float]], batch: str) -> dict:
-    """The parity record; a difference above its tolerance raises (inside `staging`: nothing is written)."""
-    parity = {"reference": "torch (float32, cpu)", "batch": batch,
-              "max_abs_diff": {k: d for k, (d, _) in measured.items()},
-              "tolerance": {k: t for k, (_, t) in measured.items()}}
-    over = {k: d for k, (d, t) in measured.items() if not d <= t}
-    if over:
-        raise RuntimeError(f"ONNX Runtime differs from torch beyond tolerance: {over}; no graph written")
-    return parity

@@ -1,7 +1,7 @@
 """A sentence-transformers CrossEncoder as one torch module: (query, passage) token ids -> score.
 
-The reranker's torch runtime (tritonrag.embedder.TorchRuntime) runs it and tritonrag.onnx_export exports it, so both
-compute one definition. Its own module so that tritonrag.reranker (whose default scorers are
+The reranker's torch runtime (tritonrag.retrieval.embedder.TorchRuntime) runs it and tritonrag.compile.onnx_export exports it, so both
+compute one definition. Its own module so that tritonrag.retrieval.reranker (whose default scorers are
 lexical) imports torch only when a CrossEncoder is configured.
 """
 
@@ -18,8 +18,14 @@ PAIR_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def pair_features(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int) -> dict[str, np.ndarray]:
     """Token ids of (query, passage) pairs as CrossEncoder.predict makes them: int64 [B, L], longest-first cut."""
-    encoded = tokenizer([q for q, _ in pairs], [p for _, p in pairs], padding=True, truncation="longest_first",
-                        max_length=max_length, return_tensors="np")
+    encoded = tokenizer(
+        [q for q, _ in pairs],
+        [p for _, p in pairs],
+        padding=True,
+        truncation="longest_first",
+        max_length=max_length,
+        return_tensors="np",
+    )
     return {name: np.asarray(value, dtype=np.int64) for name, value in encoded.items() if name in PAIR_INPUTS}
 
 
@@ -41,15 +47,16 @@ class CrossEncoderScore(torch.nn.Module):
         self.activation_name = type(activation).__name__
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str = "cpu") -> "CrossEncoderScore":
+    def load(cls, checkpoint: str | Path, device: str = "cpu") -> CrossEncoderScore:
         from sentence_transformers import CrossEncoder
 
         encoder = CrossEncoder(str(checkpoint), device=device)
         activation = encoder.activation_fn or torch.nn.Identity()
         return cls(encoder[0].auto_model, activation, encoder.tokenizer, encoder.max_seq_length).to(device).eval()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor]:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         logits = self.classifier(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # [B, labels]
-        return (self.activation(logits)[:, -1],)                                                      # [B]
+        return (self.activation(logits)[:, -1],)  # [B]

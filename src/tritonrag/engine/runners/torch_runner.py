@@ -1,0 +1,59 @@
+"""The torch runner: our Llama (llama.py) run eagerly over the paged KV cache, decode attention in place."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from tritonrag.engine.config import EngineConfig
+from tritonrag.engine.runners import paged_attention
+from tritonrag.engine.runners.base import PagedRunner, order_chunks, pack_tokens
+from tritonrag.engine.runners.llama import AttentionMetadata, load_llama
+from tritonrag.engine.sequence import SchedulerOutput
+
+log = logging.getLogger(__name__)
+
+
+class ModelRunner(PagedRunner):
+    """Runs one engine step with our torch Llama: packs the scheduled chunks, returns sampling logits."""
+
+    runtime = "torch"
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self.model = load_llama(config.model_dir, self.dtype, self.device, max_positions=config.max_model_len)
+        self.kv_cache = self.allocate_kv_cache()
+        self.kv_caches = [(layer[0], layer[1]) for layer in self.kv_cache]
+        self.paged_decode = self._use_paged_decode()
+        self.log_ready()
+
+    def _use_paged_decode(self) -> bool:
+        """Decode attention in place from the pool where the op builds for this CPU (logged either way)."""
+        if not paged_attention.kernel_supports(self.model_config.head_dim, self.device):
+            return False
+        op = paged_attention.load_decode_kernel()
+        if op is not None:
+            self.model.use_decode_op(op)
+            log.info(
+                "model runner: decode attention reads the paged KV cache in place (%s)", paged_attention.EXTENSION_NAME
+            )
+        return op is not None
+
+    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+        """Logits [number of sampling chunks, vocab] in float32, in chunk order."""
+        if out.is_empty:
+            return self.empty_logits()
+        chunks, logits_rows = order_chunks(out)
+        input_ids, positions = pack_tokens(chunks)
+        meta = AttentionMetadata.build(
+            query_lens=[c.num_new_tokens for c in chunks],
+            context_lens=[c.end for c in chunks],
+            block_tables=[c.seq.block_table for c in chunks],
+            block_size=self.block_size,
+            logits_indices=logits_rows,
+            device=self.device,
+            paged_decode=self.paged_decode,
+        )
+        logits = self.model(input_ids.to(self.device), positions.to(self.device), self.kv_caches, meta)
+        return logits.float()
