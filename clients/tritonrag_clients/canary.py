@@ -17,68 +17,28 @@ split in force, Triton's per-version counters and the engine's latency histogram
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import requests
 
-from tritonrag.canary import RoutingConfig, promote, read_config, rollback, set_split, write_config
+from tritonrag import metrics
+from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir
+from tritonrag.triton.canary import RoutingConfig, promote, read_config, rollback, set_split, write_config
+from tritonrag_clients.prom import Samples, parse_metrics, quantile, total
 
 ROUTER = "generator_router"
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-Samples = dict[tuple[str, frozenset], float]
 
 
-# ---- reading /metrics -------------------------------------------------------------------------
-
-def parse_metrics(text: str) -> Samples:
-    """Prometheus text format -> {(name, frozenset(labels)): value}."""
-    samples: Samples = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match and not line.startswith("#"):
-            labels = frozenset(_LABEL.findall(match.group(2) or ""))
-            samples[(match.group(1), labels)] = float(match.group(3))
-    return samples
+# ---- reading /metrics (parsing and quantiles: tritonrag_clients.prom) -------------------------------
 
 
 def delta(after: Samples, before: Samples) -> Samples:
     """Counter and histogram growth between two scrapes (gauges: the later value)."""
-    return {key: value - before.get(key, 0.0) if not key[0].endswith("_weight") else value for key, value in after.items()}
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
-
-
-def quantile(samples: Samples, name: str, q: float, **labels: str) -> float | None:
-    """A histogram quantile as Prometheus' histogram_quantile() computes it (linear within a bucket)."""
-    want = set(labels.items())
-    buckets: dict[float, float] = defaultdict(float)
-    for (n, ls), value in samples.items():
-        if n == f"{name}_bucket" and want <= ls:
-            le = dict(ls)["le"]
-            buckets[math.inf if le == "+Inf" else float(le)] += value
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    rank = q * buckets[bounds[-1]]
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return lower  # beyond the last finite bucket: its bound is all that is known
-            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
-        lower, below = bound, count
-    return lower
+    return {
+        key: value - before.get(key, 0.0) if not key[0].endswith("_weight") else value for key, value in after.items()
+    }
 
 
 def version_rows(samples: Samples, model: str = "generator") -> list[dict]:
@@ -90,22 +50,28 @@ def version_rows(samples: Samples, model: str = "generator") -> list[dict]:
     rows = []
     for version in versions:
         labels = {"model": model, "version": version}
-        routed = {mode: total(samples, "tritonrag_router_requests_total", mode=mode, **labels)
-                  for mode in ("pinned", "sticky", "random", "shadow")}
-        failures = total(samples, "tritonrag_router_failures_total", **labels)
+        routed = {
+            mode: total(samples, metrics.ROUTER_REQUESTS.name, mode=mode, **labels) for mode in metrics.ROUTING_MODES
+        }
+        failures = total(samples, metrics.ROUTER_FAILURES.name, **labels)
         sent = sum(routed.values())
-        rows.append({
-            "version": version,
-            "roles": {dict(ls)["role"]: v for (n, ls), v in samples.items()
-                      if n == "tritonrag_router_weight" and labels.items() <= ls},
-            "routed": routed,
-            "failures": failures,
-            "error_rate": failures / sent if sent else None,
-            "triton_success": total(samples, "nv_inference_request_success", **labels),
-            "triton_failure": total(samples, "nv_inference_request_failure", **labels),
-            "e2e": [quantile(samples, "tritonrag_e2e_request_latency_seconds", q, **labels) for q in (0.5, 0.95, 0.99)],
-            "ttft": [quantile(samples, "tritonrag_time_to_first_token_seconds", q, **labels) for q in (0.5, 0.95, 0.99)],
-        })
+        rows.append(
+            {
+                "version": version,
+                "roles": {
+                    dict(ls)["role"]: v
+                    for (n, ls), v in samples.items()
+                    if n == metrics.ROUTER_WEIGHT.name and labels.items() <= ls
+                },
+                "routed": routed,
+                "failures": failures,
+                "error_rate": failures / sent if sent else None,
+                "triton_success": total(samples, metrics.TRITON_SUCCESS, **labels),
+                "triton_failure": total(samples, metrics.TRITON_FAILURE, **labels),
+                "e2e": [quantile(samples, metrics.E2E.name, q, **labels) for q in (0.5, 0.95, 0.99)],
+                "ttft": [quantile(samples, metrics.TTFT.name, q, **labels) for q in (0.5, 0.95, 0.99)],
+            }
+        )
     return rows
 
 
@@ -116,12 +82,18 @@ def render_status(config: RoutingConfig, source: str, rows: list[dict], window: 
     lines = [f"split ({source}): {config.describe()}"]
     in_force = {row["version"]: row["roles"] for row in rows if row["roles"]}
     if in_force:
-        shown = ", ".join(f"{role} {version} {share:.1%}" for version, roles in in_force.items()
-                          for role, share in sorted(roles.items()) if share > 0 or role != "shadow")
+        shown = ", ".join(
+            f"{role} {version} {share:.1%}"
+            for version, roles in in_force.items()
+            for role, share in sorted(roles.items())
+            if share > 0 or role != "shadow"
+        )
         lines.append(f"in force on the server (router): {shown}")
-    lines.append(f"per version, {'over the last %.0f s' % window if window else 'since the server started'}:")
-    header = f"{'version':>7} {'pinned':>7} {'sticky':>7} {'random':>7} {'shadow':>7} {'errors':>7} {'err %':>6} " \
-             f"{'triton ok':>9} {'fail':>5}  {'e2e p50/p95/p99 ms':>20}  {'ttft p50/p95/p99 ms':>20}"
+    lines.append(f"per version, {f'over the last {window:.0f} s' if window else 'since the server started'}:")
+    header = (
+        f"{'version':>7} {'pinned':>7} {'sticky':>7} {'random':>7} {'shadow':>7} {'errors':>7} {'err %':>6} "
+        f"{'triton ok':>9} {'fail':>5}  {'e2e p50/p95/p99 ms':>20}  {'ttft p50/p95/p99 ms':>20}"
+    )
     lines.append(header)
     for row in rows:
         routed = row["routed"]
@@ -136,9 +108,8 @@ def render_status(config: RoutingConfig, source: str, rows: list[dict], window: 
 
 # ---- the split: current, checked, written ---------------------------------------------------------
 
-def default_file() -> Path:
-    from tritonrag.paths import artifacts_dir
 
+def default_file() -> Path:
     return artifacts_dir() / "canary.json"
 
 
@@ -149,12 +120,13 @@ def router_defaults(http_url: str) -> RoutingConfig:
         response.raise_for_status()
         params = {k: v["string_value"] for k, v in response.json().get("parameters", {}).items()}
     except requests.RequestException:
+        # Only when the server is unreachable: tritonclient.grpc loads grpc and the protobuf stubs.
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
 
-        from tritonrag.paths import MODEL_REPOSITORY
-
-        config = text_format.Parse((MODEL_REPOSITORY / ROUTER / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        config = text_format.Parse(
+            (MODEL_REPOSITORY / ROUTER / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
         params = {k: v.string_value for k, v in config.parameters.items()}
     return RoutingConfig.from_parameters(params)
 
@@ -168,9 +140,14 @@ def current_split(path: Path, http_url: str) -> tuple[RoutingConfig, str]:
 def check_ready(config: RoutingConfig, http_url: str, model: str = "generator") -> None:
     for version in config.versions():
         try:
-            ready = requests.get(f"http://{http_url}/v2/models/{model}/versions/{version}/ready", timeout=10).status_code == 200
+            ready = (
+                requests.get(f"http://{http_url}/v2/models/{model}/versions/{version}/ready", timeout=10).status_code
+                == 200
+            )
         except requests.RequestException as exc:
-            raise SystemExit(f"cannot reach the server at {http_url} to check version {version}: {exc} (--no-check skips)")
+            raise SystemExit(
+                f"cannot reach the server at {http_url} to check version {version}: {exc} (--no-check skips)"
+            ) from exc
         if not ready:
             raise SystemExit(f"{model} version {version} is not ready on {http_url}; not writing (--no-check skips)")
 
@@ -207,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             print(render_status(config, source, version_rows(samples), args.interval))
             return 0
         if args.command == "set":
-            new = set_split(config, canary_weight=args.canary_weight, canary_version=args.canary_version,
-                            stable_version=args.stable_version, shadow_weight=args.shadow)
+            new = set_split(
+                config,
+                canary_weight=args.canary_weight,
+                canary_version=args.canary_version,
+                stable_version=args.stable_version,
+                shadow_weight=args.shadow,
+            )
         elif args.command == "shadow":
             new = set_split(config, shadow_weight=args.weight)
         elif args.command == "promote":

@@ -9,8 +9,8 @@ import json
 import queue
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -43,25 +43,34 @@ def rag_inputs(query: str | bytes, top_k: int | None = None, sampling: dict | st
         tensor.set_data_from_numpy(np.array([top_k], dtype=np.int32))
         inputs.append(tensor)
     if sampling is not None:
-        inputs.append(bytes_input("sampling_parameters", sampling if isinstance(sampling, str) else json.dumps(sampling)))
+        inputs.append(
+            bytes_input("sampling_parameters", sampling if isinstance(sampling, str) else json.dumps(sampling))
+        )
     return inputs
 
 
 def generator_inputs(prompt: str | bytes, sampling: dict | str | None = None, stream: bool = True) -> list:
     inputs = [bytes_input("text_input", prompt)]
     if sampling is not None:
-        inputs.append(bytes_input("sampling_parameters", sampling if isinstance(sampling, str) else json.dumps(sampling)))
+        inputs.append(
+            bytes_input("sampling_parameters", sampling if isinstance(sampling, str) else json.dumps(sampling))
+        )
     flag = grpcclient.InferInput("stream", [1], "BOOL")
     flag.set_data_from_numpy(np.array([stream], dtype=bool))
     inputs.append(flag)
     return inputs
 
 
-def _event(result, error) -> StreamEvent:
+def event_from_result(result, error) -> StreamEvent:
+    """One gRPC stream callback (result or error) as a StreamEvent."""
     if error is not None:
         return StreamEvent(final=True, error=error)
     response = result.get_response()
-    final = response.parameters["triton_final_response"].bool_param if "triton_final_response" in response.parameters else False
+    final = (
+        response.parameters["triton_final_response"].bool_param
+        if "triton_final_response" in response.parameters
+        else False
+    )
     names = {output.name for output in response.outputs}
     event = StreamEvent(final=final)
     if "text_output" in names:
@@ -93,7 +102,7 @@ class StreamingClient:
         if target is None and len(self.events) == 1:
             target = next(iter(self.events.values()))
         if target is not None:
-            target.put(_event(result, error))
+            target.put(event_from_result(result, error))
 
     def send(self, model: str, inputs: list, request_id: str | None = None, model_version: str = "") -> str:
         request_id = request_id or uuid.uuid4().hex
@@ -122,7 +131,7 @@ class StreamingClient:
         self.client.stop_stream()
         self.client.close()
 
-    def __enter__(self) -> "StreamingClient":
+    def __enter__(self) -> StreamingClient:
         return self
 
     def __exit__(self, *exc) -> None:
