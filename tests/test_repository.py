@@ -9,7 +9,8 @@ from tritonclient.grpc import model_config_pb2
 from tritonrag.defaults import EMBEDDING_DIM, ENSEMBLE_MODEL, GENERATOR_MODEL, RERANK_CANDIDATES
 from tritonrag.engine.config import EngineConfig
 from tritonrag.paths import MODEL_REPOSITORY, resolve_artifact
-from tritonrag.triton.versioning import split_parameters, version_parameters
+from tritonrag.triton.generator_config import ADAPTER_KEYS, engine_config
+from tritonrag.triton.versioning import split_parameters
 
 ROUTER_MODEL = "generator_router"
 
@@ -59,7 +60,7 @@ def test_generator_parameters_are_engine_settings():
     config = load(GENERATOR_MODEL)
     assert config.backend == "tritonrag_llm" and config.model_transaction_policy.decoupled
     params = {k: v.string_value for k, v in config.parameters.items()}
-    known = {f.name for f in fields(EngineConfig)} | {"warmup"}
+    known = {f.name for f in fields(EngineConfig)} | set(ADAPTER_KEYS)
     shared, overrides = split_parameters(params)
     assert set(shared) <= known, set(shared) - known
     for version, keys in overrides.items():
@@ -68,7 +69,7 @@ def test_generator_parameters_are_engine_settings():
     assert len(versions) >= 2 and set(overrides) <= set(versions)
     for version in versions:
         assert (MODEL_REPOSITORY / GENERATOR_MODEL / str(version)).is_dir(), f"version {version} has no folder"
-        engine = EngineConfig.from_parameters(version_parameters(params, version))
+        engine = engine_config(params, version, MODEL_REPOSITORY)
         assert engine.block_size > 0 and engine.max_num_seqs > 0
 
 
@@ -119,3 +120,13 @@ def test_version_folders_hold_a_file(name):
     assert versions, f"{name} has no version folder"
     for version in versions:
         assert any(version.iterdir()), f"{version} is empty and would vanish from a clone"
+
+
+def test_unknown_engine_parameter_is_refused_naming_it():
+    """A misspelt knob (say `max_num_seq`) must stop the model from loading, not be ignored."""
+    params = {"model_dir": "w", "max_num_seq": "8", "v2:dtyp": "bfloat16"}
+    with pytest.raises(ValueError, match="max_num_seq"):
+        engine_config(params, 1, MODEL_REPOSITORY)
+    with pytest.raises(ValueError, match="dtyp"):
+        engine_config({"model_dir": "w", "v2:dtyp": "bfloat16"}, 2, MODEL_REPOSITORY)
+    assert engine_config({"model_dir": "w", "warmup": "false"}, 1, MODEL_REPOSITORY).model_dir.endswith("w")

@@ -22,8 +22,10 @@ import torch  # noqa: E402
 from tritonrag.compile import trt_build  # noqa: E402
 from tritonrag.compile.trt_build import BuildError, BuildKey, DimRange, UnknownDimension, build_engine, load_backend
 from tritonrag.compile.trt_runtime import EngineNotFound, find_engine  # noqa: E402
+from tritonrag.paths import MODEL_REPOSITORY  # noqa: E402
 from tritonrag.retrieval.export import embedder_dims
 from tritonrag.triton import repository  # noqa: E402
+from tritonrag.triton.generator_config import engine_config  # noqa: E402
 from trt_helpers import export_tiny  # noqa: E402
 
 DIMS = embedder_dims(max_batch_size=8, max_tokens=32)  # batch 1..8, seq 1..32 (opt 8)
@@ -211,14 +213,9 @@ def test_embedder_profile_comes_from_its_config():
 
 
 def test_generator_profile_covers_every_served_version():
-    from tritonrag.engine.config import EngineConfig
-    from tritonrag.triton.versioning import version_parameters
-
     config = _model_config("generator")
     params = {key: value.string_value for key, value in config.parameters.items()}
-    versions = [
-        EngineConfig.from_parameters(version_parameters(params, v)) for v in config.version_policy.specific.versions
-    ]
+    versions = [engine_config(params, v, MODEL_REPOSITORY) for v in config.version_policy.specific.versions]
     assert len(versions) >= 2, "the generator serves several versions; the profile must cover each"
     dims = repository.generator_settings()
     for v in versions:

@@ -15,13 +15,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.compile.runtime import pick_device
-from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.factory import build_service, choose_runtime
 from tritonrag.engine.serving import Completion
 from tritonrag.errors import InvalidInput
-from tritonrag.paths import resolve_artifact
 from tritonrag.sampling import SamplingParams
 from tritonrag.triton import io as triton_io
+from tritonrag.triton.generator_config import engine_config, warmup_enabled
 from tritonrag.triton.versioning import version_parameters
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -79,12 +78,15 @@ class TritonPythonModel:
         if not pb_utils.using_decoupled_model_transaction_policy(json.loads(args["model_config"])):
             raise pb_utils.TritonModelException("tritonrag_llm needs `model_transaction_policy { decoupled: true }`")
         # This version's view: shared parameters overridden by its own `v<N>:<key>` ones.
-        params = version_parameters(triton_io.model_parameters(args), args["model_version"])
-        if "model_dir" not in params:
+        params, version = triton_io.model_parameters(args), args["model_version"]
+        own = version_parameters(params, version)
+        if "model_dir" not in own:
             raise pb_utils.TritonModelException("config.pbtxt parameter 'model_dir' is missing")
-        root = triton_io.repository_root(args)
-        paths = {key: str(resolve_artifact(params[key], root)) for key in ("model_dir", "onnx_path") if params.get(key)}
-        config = EngineConfig.from_parameters(params, device=pick_device(params.get("device", "auto")), **paths)
+        try:
+            device = pick_device(own.get("device", "auto"))
+            config = engine_config(params, version, triton_io.repository_root(args), device=device)
+        except ValueError as exc:  # an unknown or malformed parameter: refuse to load, saying which
+            raise pb_utils.TritonModelException(f"generator version {version}: {exc}") from exc
         name = f"tritonrag_llm {args['model_name']} version {args['model_version']}"
         pb_utils.Logger.log_info(f"{name}: {config}")
         choice = choose_runtime(config)
@@ -92,7 +94,7 @@ class TritonPythonModel:
         log(f"{name}: {choice.describe()}")
         labels = {"model": args["model_name"], "version": args["model_version"]}
         self.service = build_service(config, observer=TritonMetrics(labels), choice=choice)
-        if params.get("warmup", "true").lower() == "true":
+        if warmup_enabled(params, version):
             self.service.warmup()
 
     def execute(self, requests):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from tritonrag.compile.runtime import RUNTIMES
 
@@ -42,17 +44,25 @@ class EngineConfig:
             raise ValueError("without chunked prefill, max_num_batched_tokens must be >= max_model_len")
 
     @classmethod
-    def from_parameters(cls, params: dict[str, str], **overrides) -> EngineConfig:
-        """Build from string-valued parameters (config.pbtxt); unknown keys are ignored."""
-        values = {}
-        for f in fields(cls):
-            if f.name in params:
-                values[f.name] = _coerce(params[f.name], f.type)
+    def from_parameters(
+        cls, params: Mapping[str, str], adapter_keys: Iterable[str] = (), **overrides: Any
+    ) -> EngineConfig:
+        """Build from string-valued parameters (config.pbtxt).
+
+        A key that is neither a field nor one of `adapter_keys` (settings the Triton adapter
+        reads itself, such as `warmup`) is refused: a misspelt knob must not be ignored silently.
+        """
+        names = {f.name: str(f.type) for f in fields(cls)}
+        unknown = sorted(set(params) - set(names) - set(adapter_keys))
+        if unknown:
+            known = ", ".join(sorted({*names, *adapter_keys}))
+            raise ValueError(f"unknown engine parameter(s) {', '.join(unknown)}; known: {known}")
+        values: dict[str, Any] = {name: _coerce(params[name], kind) for name, kind in names.items() if name in params}
         values.update(overrides)
         return cls(**values)
 
 
-def _coerce(raw: str, type_name: str):
+def _coerce(raw: str, type_name: str) -> bool | int | float | str:
     if type_name == "bool":
         return str(raw).strip().lower() in ("1", "true", "yes", "on")
     if type_name == "int":

@@ -10,6 +10,16 @@ whole output once to hand out whatever the window still held back.
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from typing import Any, Protocol
+
+
+class Tokenizer(Protocol):
+    """What the engine needs of a Hugging Face tokenizer: text in, ids out, and back."""
+
+    def __call__(self, text: str, **kwargs: Any) -> Any: ...
+
+    def decode(self, ids: Seq[int], skip_special_tokens: bool = ...) -> str: ...
+
 
 REPLACEMENT = "\ufffd"  # what a partial UTF-8 character decodes to
 
@@ -22,7 +32,7 @@ class IncrementalDetokenizer:
     """
 
     def __init__(
-        self, tokenizer, prompt_ids: Seq[int] = (), stop: Seq[str] = (), skip_special_tokens: bool = True
+        self, tokenizer: Tokenizer, prompt_ids: Seq[int] = (), stop: Seq[str] = (), skip_special_tokens: bool = True
     ) -> None:
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
@@ -61,7 +71,7 @@ class IncrementalDetokenizer:
         return self._release(searched, final=True)
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+        return str(self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens))
 
     def _decode_window(self) -> str:
         """New text of the latest tokens, or "" while they end inside a UTF-8 character."""

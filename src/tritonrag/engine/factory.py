@@ -11,6 +11,7 @@ from pathlib import Path
 from tritonrag.compile.onnx_export import choose_runtime as choose_for_graph
 from tritonrag.compile.runtime import RuntimeChoice
 from tritonrag.engine.config import EngineConfig
+from tritonrag.engine.detokenizer import Tokenizer
 from tritonrag.engine.llm_engine import LLMEngine
 from tritonrag.engine.runners.base import PagedRunner
 from tritonrag.engine.runners.onnx_runner import OnnxModelRunner
@@ -23,10 +24,11 @@ from tritonrag.engine.serving import GenerationService, Observer
 log = logging.getLogger(__name__)
 
 
-def load_tokenizer(model_dir: str):
+def load_tokenizer(model_dir: str) -> Tokenizer:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    tokenizer: Tokenizer = AutoTokenizer.from_pretrained(model_dir)  # type: ignore[assignment]  # HF's backends satisfy the protocol
+    return tokenizer
 
 
 # tritonrag.compile.onnx_export.choose_runtime logs its own fallbacks (at WARNING); the factory logs

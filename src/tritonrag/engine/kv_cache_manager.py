@@ -117,7 +117,7 @@ class KVCacheManager:
     def _attach_hits(self, seq: Sequence, computed_blocks: Seq[Block]) -> None:
         self.pool.touch(computed_blocks)
         seq.block_table.extend(block.block_id for block in computed_blocks)
-        self._hashes[seq.request_id] = [block.block_hash for block in computed_blocks]
+        self._hashes[seq.request_id] = [block.block_hash for block in computed_blocks if block.block_hash is not None]
         if self.enable_prefix_caching:
             self.prefix_cache_queries += seq.num_tokens
             self.prefix_cache_hits += len(computed_blocks) * self.block_size

@@ -20,10 +20,11 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tritonrag.engine.detokenizer import IncrementalDetokenizer
+from tritonrag.engine.detokenizer import IncrementalDetokenizer, Tokenizer
 from tritonrag.engine.llm_engine import LLMEngine, StepOutput
 from tritonrag.engine.sequence import FinishReason
 from tritonrag.errors import InvalidInput, Unavailable
@@ -133,7 +134,7 @@ class GenerationService:
     IDLE_WAIT_S = 0.05
     ABORT_TTL_S = 30.0  # an abort may arrive before its request; it waits this long
 
-    def __init__(self, engine: LLMEngine, tokenizer, observer: Observer | None = None):
+    def __init__(self, engine: LLMEngine, tokenizer: Tokenizer, observer: Observer | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.observer = observer or NullObserver()
@@ -332,7 +333,7 @@ class GenerationService:
         for key in list(self._live):
             self._end(key, error=error)
 
-    def _observe(self, hook: str, *args) -> None:
+    def _observe(self, hook: str, *args: object) -> None:
         """Metrics must not take the loop down."""
         try:
             getattr(self.observer, hook)(*args)
@@ -340,7 +341,7 @@ class GenerationService:
             log.exception("observer %s failed", hook)
 
 
-def _call(callback, *args) -> None:
+def _call(callback: Callable[..., object], *args: object) -> None:
     """Call a sink; one that raises (its client is gone) must not take the loop down."""
     try:
         callback(*args)

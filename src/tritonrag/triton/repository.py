@@ -17,9 +17,9 @@ from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.runners.base import num_kv_blocks
 from tritonrag.engine.runners.llama import LlamaConfig
 from tritonrag.engine.runners.step_graph import generator_dims
-from tritonrag.paths import MODEL_REPOSITORY, resolve_artifact
+from tritonrag.paths import MODEL_REPOSITORY
 from tritonrag.retrieval.export import embedder_dims
-from tritonrag.triton.versioning import version_parameters
+from tritonrag.triton.generator_config import engine_config
 
 
 def load_model_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -49,8 +49,8 @@ def generator_settings(model_repository: Path = MODEL_REPOSITORY) -> dict[str, D
     versions = list(model_config.version_policy.specific.versions) or [1]
     merged: dict[str, DimRange] = {}
     for version in versions:
-        config = EngineConfig.from_parameters(version_parameters(params, version))
-        weights = resolve_artifact(config.model_dir, model_repository) if config.model_dir else None
+        config = engine_config(params, version, model_repository)
+        weights = Path(config.model_dir) if config.model_dir else None
         for name, dim in generator_dims(config, _kv_blocks(config, weights)).items():
             merged[name] = merged[name].union(dim) if name in merged else dim
     return merged
