@@ -6,7 +6,7 @@ generator's engine settings over every served version); engines land in the engi
 With full TensorRT the engine targets this machine's GPU; with TensorRT for RTX it is built
 ahead of time, without a GPU, for --compute-capability (default sm89).
 
-    python build/build_engines.py [--model embedder|generator|all] [--precision fp32|fp16|bf16]
+    python build/build_engines.py [--model embedder|generator|all] [--precision float32|float16|bfloat16]
                                   [--compute-capability sm89] [--backend auto|tensorrt|tensorrt_rtx] [--force]
 """
 

@@ -63,7 +63,7 @@ def test_build_writes_engine_and_its_record(built, rtx):
         "tensorrt_rtx",
         rtx.version,
         "sm89",
-        "fp32",
+        "float32",
     )
     assert meta["build_seconds"] > 0
     assert meta["inputs"] == [
@@ -116,11 +116,11 @@ def test_another_compute_capability_is_another_engine(built, tiny_onnx, rtx):
 
 def test_every_key_input_changes_the_key():
     profile = trt_build.derive_profile("tiny", (trt_build.GraphInput("x", ("batch", 4)),), DIMS)
-    key = BuildKey("0" * 64, "fp32", profile, "tensorrt_rtx", "1.7.1.116", "sm89")
+    key = BuildKey("0" * 64, "float32", profile, "tensorrt_rtx", "1.7.1.116", "sm89")
     wider = trt_build.derive_profile("tiny", (trt_build.GraphInput("x", ("batch", 4)),), embedder_dims(9, 32))
     changed = [
         replace(key, onnx_sha256="1" * 64),
-        replace(key, precision="fp16"),
+        replace(key, precision="float16"),
         replace(key, profile=wider),
         replace(key, backend="tensorrt"),
         replace(key, backend_version="1.7.2"),
@@ -135,32 +135,32 @@ def test_every_key_input_changes_the_key():
 
 
 def test_rtx_precision_is_the_graphs_own(tiny_onnx, rtx, tmp_path):
-    with pytest.raises(BuildError, match=r"strongly typed.*\(fp32\), so fp16 cannot be built"):
-        build_engine("tiny", tiny_onnx, DIMS, precision="fp16", backend=rtx, root=tmp_path, show_progress=False)
+    with pytest.raises(BuildError, match=r"strongly typed.*\(float32\), so float16 cannot be built"):
+        build_engine("tiny", tiny_onnx, DIMS, precision="float16", backend=rtx, root=tmp_path, show_progress=False)
     assert not (tmp_path / "tiny").exists()
     assert (
-        build_engine("tiny", tiny_onnx, DIMS, precision="fp32", backend=rtx, root=tmp_path, show_progress=False).meta[
-            "precision"
-        ]
-        == "fp32"
+        build_engine(
+            "tiny", tiny_onnx, DIMS, precision="float32", backend=rtx, root=tmp_path, show_progress=False
+        ).meta["precision"]
+        == "float32"
     )
 
 
 def test_an_fp16_graph_builds_an_fp16_engine(rtx, tmp_path):
     graph = export_tiny(tmp_path / "half" / "model.onnx", torch.float16)
-    assert trt_build.read_graph(graph).precision == "fp16"
+    assert trt_build.read_graph(graph).precision == "float16"
     result = build_engine("tiny", graph, DIMS, backend=rtx, root=tmp_path / "engines", show_progress=False)
-    assert result.meta["precision"] == "fp16" and result.meta["outputs"][0]["dtype"] == "float16"
+    assert result.meta["precision"] == "float16" and result.meta["outputs"][0]["dtype"] == "float16"
 
 
 def test_full_tensorrt_lowers_only_fp32_graphs():
     full = trt_build.Backend("tensorrt", "10.0", None)
-    assert trt_build.choose_precision("bf16", "fp32", full) == "bf16"
-    assert trt_build.choose_precision(None, "fp16", full) == "fp16"
-    with pytest.raises(BuildError, match="lowers only fp32 graphs"):
-        trt_build.choose_precision("fp32", "fp16", full)
-    with pytest.raises(BuildError, match="precision must be one of fp32, fp16, bf16"):
-        trt_build.choose_precision("int8", "fp32", full)
+    assert trt_build.choose_precision("bfloat16", "float32", full) == "bfloat16"
+    assert trt_build.choose_precision(None, "float16", full) == "float16"
+    with pytest.raises(BuildError, match="lowers only float32 graphs"):
+        trt_build.choose_precision("float32", "float16", full)
+    with pytest.raises(BuildError, match="precision must be one of float32, bfloat16, float16"):
+        trt_build.choose_precision("int8", "float32", full)
 
 
 # ---- profiles from settings --------------------------------------------------------------
@@ -319,7 +319,7 @@ def test_cli_builds_then_hits_the_cache(tiny_onnx, tmp_path, capsys):
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "hit" in out and "input_ids int64[-1, -1]" in out
-    assert cli.main(args + ["--precision", "bf16"]) == 1
+    assert cli.main(args + ["--precision", "bfloat16"]) == 1
     assert "strongly typed" in capsys.readouterr().out
     assert (
         cli.main(

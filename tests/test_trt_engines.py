@@ -64,7 +64,7 @@ def test_embedder_engine(tmp_path):
         show_progress=False,
     )
     meta = result.meta
-    assert (meta["compute_capability"], meta["precision"]) == ("sm89", "fp32")
+    assert (meta["compute_capability"], meta["precision"]) == ("sm89", "float32")
     assert result.size_bytes > 80 * 2**20  # 22.7M fp32 weights live in the engine
     assert [(i["name"], i["dtype"], i["shape"]) for i in meta["inputs"]] == [
         ("input_ids", "int64", [-1, -1]),

@@ -17,3 +17,6 @@ SYSTEM_PROMPT = (
     "You answer questions about Python using the numbered sources given. "
     "Cite sources as [1], [2]. If the sources do not contain the answer, say so."
 )
+
+# Floating-point types, by one set of names everywhere (engine dtype, ONNX export, TensorRT precision).
+DTYPES = ("float32", "bfloat16", "float16")

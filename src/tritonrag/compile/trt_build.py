@@ -34,13 +34,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tritonrag.defaults import DTYPES
 from tritonrag.paths import engines_dir
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrt", "tensorrt_rtx")
 _MODULES = {"tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt_rtx_bindings"}
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = DTYPES  # the engine's dtype names: one vocabulary for precision
 DEFAULT_RTX_CAPABILITY = "sm89"  # Ada: the newest datacenter-class target TensorRT-RTX 1.7 has (no sm90)
 ENGINE_FILE = "model.engine"
 META_FILE = "engine.json"
@@ -192,7 +193,7 @@ def _graph_precision(model) -> str:
     """The float type holding most weight elements (the graph inputs' float type if it has no float weights)."""
     from onnx import TensorProto
 
-    names = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16"}
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
     counts: dict[str, int] = {}
     for init in model.graph.initializer:
         if init.data_type in names:
@@ -202,7 +203,7 @@ def _graph_precision(model) -> str:
             kind = names.get(value.type.tensor_type.elem_type)
             if kind:
                 counts[kind] = counts.get(kind, 0) + 1
-    return max(counts, key=counts.get) if counts else "fp32"
+    return max(counts, key=counts.get) if counts else "float32"
 
 
 # ---- optimization profile ----------------------------------------------------------------
@@ -310,7 +311,7 @@ def choose_precision(requested: str | None, graph_precision: str, backend: Backe
 
     TensorRT-RTX builds strongly typed networks: every tensor keeps the ONNX graph's type,
     so asking it for another precision is refused (export the graph in that precision).
-    Full TensorRT can lower an fp32 graph to fp16 / bf16 with builder flags.
+    Full TensorRT can lower a float32 graph to float16 / bfloat16 with builder flags.
     """
     if requested is not None and requested not in PRECISIONS:
         raise BuildError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
@@ -322,9 +323,9 @@ def choose_precision(requested: str | None, graph_precision: str, backend: Backe
             f"({graph_precision}), so {requested} cannot be built from this graph. Export the graph in "
             f"{requested}, or leave the precision unset to build {graph_precision}."
         )
-    if graph_precision != "fp32":
+    if graph_precision != "float32":
         raise BuildError(
-            f"full TensorRT lowers only fp32 graphs with builder flags; this graph is "
+            f"full TensorRT lowers only float32 graphs with builder flags; this graph is "
             f"{graph_precision}, asked {requested}: export the graph in {requested}"
         )
     return requested
@@ -490,8 +491,8 @@ def _configure(builder, key: BuildKey, backend: Backend, strongly_typed: bool):
     if backend.is_rtx:
         config.num_compute_capabilities = 1
         config.set_compute_capability(getattr(trt.ComputeCapability, key.compute_capability.upper()), 0)
-    elif key.precision in ("fp16", "bf16") and not strongly_typed:
-        config.set_flag({"fp16": trt.BuilderFlag.FP16, "bf16": trt.BuilderFlag.BF16}[key.precision])
+    elif key.precision in ("float16", "bfloat16") and not strongly_typed:
+        config.set_flag({"float16": trt.BuilderFlag.FP16, "bfloat16": trt.BuilderFlag.BF16}[key.precision])
     return config
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tritonrag.compile.runtime import RUNTIMES
+from tritonrag.defaults import DTYPES
 
 
 @dataclass
@@ -30,8 +31,8 @@ class EngineConfig:
     onnx_path: str = ""  # the exported step graph, for runtime onnxruntime
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         self.runtime = self.runtime.strip().lower()
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
