@@ -26,14 +26,21 @@ class StepGraphRunner(PagedRunner):
         self._slot_view = self.kv_cache.view(cfg.num_layers, 2, -1, cfg.num_kv_heads, cfg.head_dim)
 
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
-        """Logits [number of sampling chunks, vocab] in float32, in chunk order; the step's K/V land in the pool."""
+        """Logits [number of sampling chunks, vocab] in float32, in chunk order; the step's K/V land in the pool.
+
+        A step of prefill chunks that all stop short of their prompt's end samples nothing.
+        The graph still computes one logits row then (packed row 0, dropped here): a zero-row
+        output has no data pointer, which ONNX Runtime's IOBinding refuses, and a TensorRT
+        profile starts at N = 1 (`generator_dims`). One row costs one hidden x vocab product.
+        """
         if out.is_empty:
             return self.empty_logits()
         chunks, logits_rows = order_chunks(out)
-        step = build_step_inputs(chunks, logits_rows, self.block_size)
+        step = build_step_inputs(chunks, logits_rows or [0], self.block_size)
         logits, new_kv = self._run(step)
         # new_kv [L, 2, T, KVH, D] -> the pool's slots [L, 2, NB * BS, KVH, D] at this step's slot_mapping
         self._slot_view.index_copy_(2, step.slot_mapping.to(self.device), new_kv)
+        logits = logits[: len(logits_rows)]
         return logits if logits.device.type == "cpu" else logits.cpu()
 
     def _run(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
