@@ -193,4 +193,5 @@ def kit() -> SimpleNamespace:
         make_engine=make_engine,
         FakeRunner=FakeRunner,
         ArgmaxSampler=ArgmaxSampler,
+        VOCAB=VOCAB,
     )

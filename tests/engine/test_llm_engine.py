@@ -6,9 +6,12 @@ engine's outputs equal the reference only if prefix hits, chunked prefill and
 preemption left the block tables right.
 """
 
+import math
+
 import pytest
 
 from tritonrag.engine.llm_engine import LLMEngine
+from tritonrag.engine.sampler import Sampler
 from tritonrag.engine.sequence import FinishReason
 from tritonrag.errors import InvalidInput, Unavailable
 from tritonrag.sampling import SamplingParams
@@ -196,4 +199,60 @@ def test_a_sampler_that_returns_the_wrong_count_is_an_error(kit):
     with pytest.raises(RuntimeError, match="sampler returned 0 tokens"):
         engine.step()
     engine.abort("r0")
+    kit.check_all_free(engine.scheduler)
+
+
+# ---- min_tokens and logprobs through the engine ------------------------------------------------
+def real_sampler_engine(kit, eos_ids=()):
+    """The real Sampler over the fake model: its rows are one-hot (1.0 at the fake's token, 0 elsewhere)."""
+    config = kit.make_config()
+    runner = kit.FakeRunner(config.num_kv_blocks, config.block_size)
+    return LLMEngine(config, runner, Sampler(seed=0), eos_ids)
+
+
+def test_min_tokens_keeps_eos_and_stop_ids_out_of_the_first_tokens(kit):
+    prompt = [9, 8, 7]
+    expected = kit.reference(prompt, 20)
+    eos, stop = expected[0], expected[1]
+    engine = real_sampler_engine(kit, eos_ids=(eos,))
+    engine.add_request("plain", prompt, SamplingParams(max_tokens=20, stop_token_ids=[stop]))
+    engine.add_request("min", prompt, SamplingParams(max_tokens=20, min_tokens=4, stop_token_ids=[stop]))
+    results = kit.run_engine(engine)
+    assert results["plain"].tokens == [] and results["plain"].final.num_output_tokens == 1  # EOS at once
+    tokens = results["min"].tokens
+    assert len(tokens) >= 4 and not {eos, stop} & set(tokens[:4])
+    if results["min"].final.finish_reason is FinishReason.STOP:
+        assert results["min"].final.num_output_tokens == len(tokens) + 1
+
+
+def test_engine_does_not_stop_before_min_tokens_even_if_a_sampler_ignores_it(kit):
+    """A sampler that does not mask (the fake argmax one) still cannot end a request early."""
+    prompt = [9, 8, 7]
+    expected = kit.reference(prompt, 20)
+    engine, _ = kit.make_engine(eos_ids=(expected[1],))
+    engine.add_request("r0", prompt, SamplingParams(max_tokens=20, min_tokens=3))
+    results = kit.run_engine(engine)
+    assert results["r0"].tokens[:3] == expected[:3]  # the EOS at position 2 did not stop it
+
+
+def test_logprobs_and_cumulative_logprob_reach_the_step_outputs(kit):
+    prompt = [4, 4, 4]
+    expected = kit.reference(prompt, 6)
+    eos = expected[4]
+    engine = real_sampler_engine(kit, eos_ids=(eos,))
+    engine.add_request("lp", prompt, SamplingParams(max_tokens=6, logprobs=2))
+    engine.add_request("none", prompt, SamplingParams(max_tokens=6))
+    outputs: dict[str, list] = {"lp": [], "none": []}
+    while engine.has_unfinished():
+        for out in engine.step():
+            outputs[out.request_id].append(out)
+    lp = outputs["lp"]
+    logprobs = [entry for out in lp for entry in out.logprobs]
+    assert [entry.token_id for entry in logprobs] == expected[:5]  # the EOS that stopped it included
+    assert [t for out in lp for t in out.new_token_ids] == expected[:4]  # its text is not
+    one_hot = 1.0 - math.log(math.e + kit.VOCAB - 1)  # log_softmax of 1.0 among zeros
+    assert all(entry.logprob == pytest.approx(one_hot, abs=1e-5) and entry.rank == 1 for entry in logprobs)
+    assert all(len(entry.top) == 2 and entry.top[0][0] == entry.token_id for entry in logprobs)
+    assert lp[-1].cumulative_logprob == pytest.approx(5 * one_hot, abs=1e-4)
+    assert all(not out.logprobs and out.cumulative_logprob is None for out in outputs["none"])
     kit.check_all_free(engine.scheduler)

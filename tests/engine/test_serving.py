@@ -10,6 +10,7 @@ thread inside a step so that what is submitted meanwhile reaches the engine toge
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,8 @@ from types import SimpleNamespace
 import pytest
 
 from tritonrag.engine.llm_engine import LLMEngine
-from tritonrag.engine.serving import CollectingSink, GenerationService
+from tritonrag.engine.sampler import Sampler
+from tritonrag.engine.serving import CollectingSink, GenerationService, Logprob
 from tritonrag.errors import InvalidInput, Unavailable
 from tritonrag.sampling import SamplingParams
 
@@ -102,10 +104,10 @@ def serve(kit, tokenizer):
     """serve(**config) -> a running service over a gated fake runner; torn down with full checks."""
     made = []
 
-    def make(**config) -> SimpleNamespace:
+    def make(sampler=None, **config) -> SimpleNamespace:
         cfg = kit.make_config(**config)
         runner = GatedRunner(kit.FakeRunner(cfg.num_kv_blocks, cfg.block_size))
-        engine = LLMEngine(cfg, runner, kit.ArgmaxSampler())
+        engine = LLMEngine(cfg, runner, sampler or kit.ArgmaxSampler())
         observer = Recorder(kit.check_scheduler)
         s = SimpleNamespace(
             engine=engine, runner=runner, observer=observer, service=GenerationService(engine, tokenizer, observer)
@@ -129,9 +131,9 @@ class Sink(CollectingSink):
         super().__init__()
         self.num_final = 0
 
-    def finish(self, text, completion):
+    def finish(self, text, completion, logprobs=None):
         self.num_final += 1
-        super().finish(text, completion)
+        super().finish(text, completion, logprobs)
 
     def fail(self, error):
         self.num_final += 1
@@ -478,3 +480,76 @@ def test_generate_and_warmup(serve, kit, tokenizer):
     sink = s.service.generate("Hello there", SamplingParams(max_tokens=6), timeout=WAIT_S)
     assert sink.text == expect(kit, tokenizer, "Hello there", 6).text
     assert sink.completion.num_output_tokens == 6
+
+
+# ---- logprobs, min_tokens, skip_special_tokens ---------------------------------------------
+class TextOnlySink:
+    """A sink written before logprobs existed: it takes text alone, and must keep working."""
+
+    def __init__(self) -> None:
+        self.inner = CollectingSink()
+
+    def send_delta(self, text):
+        self.inner.send_delta(text)
+
+    def finish(self, text, completion):
+        self.inner.finish(text, completion)
+
+    def fail(self, error):
+        self.inner.fail(error)
+
+    def is_cancelled(self):
+        return False
+
+
+def test_logprobs_reach_the_sink_with_every_delta_and_the_finish(serve, kit, tokenizer):
+    s = serve(sampler=Sampler(seed=0))
+    prompt = "Logprobs for every token please"
+    want = expect(kit, tokenizer, prompt, 12)
+    sink, old = Sink(), TextOnlySink()
+    s.service.submit("lp", prompt, SamplingParams(max_tokens=12, logprobs=3), sink)
+    s.service.submit("old", prompt, SamplingParams(max_tokens=12), old)
+    wait(sink)
+    assert (
+        old.inner.done.wait(WAIT_S) and old.inner.text == want.text and old.inner.completion.cumulative_logprob is None
+    )
+    assert sink.text == want.text
+    assert len(sink.logprobs) == 12  # one position per generated token, across deltas and finish
+    one_hot = 1.0 - math.log(math.e + kit.VOCAB - 1)
+    for token_id, position in zip(want.out, sink.logprobs):
+        first_id, first = next(iter(position.items()))
+        assert first_id == token_id and first.rank == 1 and first.logprob == pytest.approx(one_hot, abs=1e-5)
+        assert first.decoded_token == tokenizer.decode([token_id])
+        assert len(position) == 3 and all(isinstance(entry, Logprob) for entry in position.values())
+        assert sorted(entry.rank for entry in position.values()) == [1, 2, 3]
+    assert sink.completion.cumulative_logprob == pytest.approx(12 * one_hot, abs=1e-4)
+
+
+def test_min_tokens_holds_back_a_stop_string(serve, kit, tokenizer):
+    s = serve()
+    prompt = "Tell me a story about stop strings"
+    full = expect(kit, tokenizer, prompt, 40)
+    stop = full.text[2:4]
+    n = next(i for i in range(1, 41) if stop in tokenizer.decode(full.out[:i], skip_special_tokens=True))
+    early, late = Sink(), Sink()
+    s.service.submit("early", prompt, SamplingParams(max_tokens=40, stop=[stop]), early)
+    s.service.submit("late", prompt, SamplingParams(max_tokens=40, min_tokens=n, stop=[stop]), late)
+    wait(early, late)
+    assert early.completion.num_output_tokens == n and early.text == full.text[: full.text.find(stop)]
+    assert late.completion.num_output_tokens > n  # the stop string inside the first n tokens did not count
+    assert late.text.startswith(full.text[: full.text.find(stop) + len(stop)])
+
+
+def test_skip_special_tokens_false_keeps_special_token_text(serve, kit, tokenizer):
+    s = serve()
+    prompt = "x"
+    ids = tokenizer(prompt)["input_ids"]
+    out = kit.reference(ids, 30)
+    special = [t for t in out if t in tokenizer.all_special_ids]
+    if not special:
+        pytest.skip("the fake model emits no special token for this prompt")
+    sink = Sink()
+    s.service.submit("raw", prompt, SamplingParams(max_tokens=30, skip_special_tokens=False), sink)
+    wait(sink)
+    assert sink.text == tokenizer.decode(out, skip_special_tokens=False)
+    assert sink.text != tokenizer.decode(out, skip_special_tokens=True)

@@ -29,14 +29,21 @@ class IncrementalDetokenizer:
 
     `prompt_ids` is accepted for vLLM-style call sites but not used: the output is
     decoded on its own, exactly as `tokenizer.decode(output_ids)` would decode it.
+    Stop strings are looked for once there are more than `min_tokens` output tokens, as in vLLM.
     """
 
     def __init__(
-        self, tokenizer: Tokenizer, prompt_ids: Seq[int] = (), stop: Seq[str] = (), skip_special_tokens: bool = True
+        self,
+        tokenizer: Tokenizer,
+        prompt_ids: Seq[int] = (),
+        stop: Seq[str] = (),
+        skip_special_tokens: bool = True,
+        min_tokens: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.skip_special_tokens = skip_special_tokens
+        self.min_tokens = min_tokens
         self.output_ids: list[int] = []
         self.stopped = False  # a stop string was found; `text` ends before it
         self.stop_string: str | None = None
@@ -90,7 +97,7 @@ class IncrementalDetokenizer:
             longest = max(len(s) for s in self.stop)
             start = max(0, searched - longest + 1)
             hits = [(i, s) for s in self.stop if (i := self._text.find(s, start)) >= 0]
-            if hits:
+            if hits and len(self.output_ids) > self.min_tokens:
                 end, self.stop_string = min(hits)
                 self.stopped = True
                 self._text = self._text[:end]

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.scheduler import Scheduler
-from tritonrag.engine.sequence import FinishReason, SchedulerOutput, Sequence
+from tritonrag.engine.sequence import FinishReason, SampledToken, SchedulerOutput, Sequence, TokenLogprobs
 from tritonrag.errors import InvalidInput
 from tritonrag.sampling import SamplingParams
 
@@ -35,9 +36,12 @@ class RunnerProtocol(Protocol):
 
 
 class SamplerProtocol(Protocol):
-    """One token per logits row; `len(seq.output_token_ids)` is the step for seeded sampling."""
+    """One token per logits row; `len(seq.output_token_ids)` is the step for seeded sampling.
 
-    def sample(self, logits: Any, seqs: list[Sequence]) -> list[int]: ...
+    A sampler may return bare token ids; one that honours `logprobs` returns SampledTokens.
+    """
+
+    def sample(self, logits: Any, seqs: list[Sequence]) -> Seq[int | SampledToken]: ...
 
 
 @dataclass
@@ -46,7 +50,9 @@ class StepOutput:
 
     `new_token_ids` leaves out the stop token (EOS or a `stop_token_ids` entry) that
     ended the sequence: its text is not part of the output, as in vLLM.
-    `num_output_tokens` does count it: the model generated it.
+    `num_output_tokens` does count it: the model generated it, and so do `logprobs`
+    (one entry per token sampled this step, when the request asked for logprobs) and
+    `cumulative_logprob` (their running sum; None when not asked), as in vLLM.
     """
 
     request_id: str
@@ -56,6 +62,8 @@ class StepOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     num_output_tokens: int
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    cumulative_logprob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ class LLMEngine:
         prompt = list(prompt_token_ids)
         if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**63 for t in prompt):
             raise InvalidInput("prompt token ids must be non-negative integers")
-        self.scheduler.add(Sequence(request_id, prompt, sampling))
+        self.scheduler.add(Sequence(request_id, prompt, sampling, eos_token_ids=self.eos_token_ids))
 
     def abort(self, request_id: str) -> None:
         """Cancel a request wherever it is; its blocks are freed at once. Unknown ids are ignored."""
@@ -126,35 +134,38 @@ class LLMEngine:
         """Run one step; one output per request that got a token or was finished by the engine."""
         out = self.scheduler.schedule()
         sampling_seqs = [chunk.seq for chunk in out.chunks if chunk.samples]
-        tokens: list[int] = []
+        tokens: list[SampledToken] = []
         if not out.is_empty:
             logits = self.runner.execute(out)
             if sampling_seqs:
-                tokens = [int(t) for t in self.sampler.sample(logits, sampling_seqs)]
+                tokens = [_sampled(t) for t in self.sampler.sample(logits, sampling_seqs)]
         if len(tokens) != len(sampling_seqs):
             raise RuntimeError(f"sampler returned {len(tokens)} tokens for {len(sampling_seqs)} sequences")
         sampled = {seq.request_id: token for seq, token in zip(sampling_seqs, tokens)}
-        grown = self.scheduler.update_after_step(out, sampled)
-        outputs = [self._finish_or_continue(seq) for seq in grown]
+        grown = self.scheduler.update_after_step(out, {rid: token.token_id for rid, token in sampled.items()})
+        outputs = [self._finish_or_continue(seq, sampled[seq.request_id].logprobs) for seq in grown]
         outputs += [_output(seq, []) for seq in self.scheduler.take_failed()]
         return outputs
 
-    def _finish_or_continue(self, seq: Sequence) -> StepOutput:
+    def _finish_or_continue(self, seq: Sequence, logprobs: TokenLogprobs | None) -> StepOutput:
         token = seq.output_token_ids[-1]
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
             self._totals.prompt_tokens += seq.num_prompt_tokens
         self._totals.generation_tokens += 1
+        if logprobs is not None:
+            seq.cumulative_logprob = (seq.cumulative_logprob or 0.0) + logprobs.logprob
+        new_logprobs = [] if logprobs is None else [logprobs]
         reason = self._stop_reason(seq, token)
         if reason is None:
-            return _output(seq, [token])
+            return _output(seq, [token], new_logprobs)
         self.scheduler.finish(seq, reason)
-        return _output(seq, [] if reason is FinishReason.STOP else [token])
+        return _output(seq, [] if reason is FinishReason.STOP else [token], new_logprobs)
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
-        """Stop rules on token ids; stop strings are the detokenizing caller's job."""
+        """Stop rules on token ids (none before min_tokens); stop strings are the detokenizing caller's job."""
         sampling = seq.sampling
-        if token in sampling.stop_token_ids or (token in self.eos_token_ids and not sampling.ignore_eos):
+        if token in seq.all_stop_token_ids and len(seq.output_token_ids) > sampling.min_tokens:
             return FinishReason.STOP
         if len(seq.output_token_ids) >= sampling.max_tokens or seq.num_tokens >= self.config.max_model_len:
             return FinishReason.LENGTH
@@ -174,7 +185,11 @@ class LLMEngine:
         )
 
 
-def _output(seq: Sequence, new_token_ids: list[int]) -> StepOutput:
+def _sampled(token: int | SampledToken) -> SampledToken:
+    return token if isinstance(token, SampledToken) else SampledToken(int(token))
+
+
+def _output(seq: Sequence, new_token_ids: list[int], logprobs: list[TokenLogprobs] | None = None) -> StepOutput:
     return StepOutput(
         request_id=seq.request_id,
         new_token_ids=new_token_ids,
@@ -183,4 +198,6 @@ def _output(seq: Sequence, new_token_ids: list[int]) -> StepOutput:
         num_prompt_tokens=seq.num_prompt_tokens,
         num_cached_tokens=seq.num_cached_tokens,
         num_output_tokens=len(seq.output_token_ids),
+        logprobs=logprobs or [],
+        cumulative_logprob=seq.cumulative_logprob,
     )

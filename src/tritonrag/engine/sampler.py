@@ -1,12 +1,27 @@
-"""Sampler: one next token per row of logits, greedy or temperature / top-k / top-p."""
+"""Sampler: one next token per row of logits, with vLLM's sampling parameters and logprobs.
+
+Per step, for the whole batch, in vLLM v1's order (a stage no row asks for is skipped):
+
+    logits -> fp32 -> min_tokens (mask EOS / stop ids) -> repetition, frequency, presence penalties
+           -> greedy rows: argmax
+           -> other rows: / temperature -> min_p -> top_k -> top_p -> draw
+    logprobs: log_softmax of the fp32 logits as the model gave them (vLLM v1's default
+              `raw_logprobs`), for the rows that ask
+
+Every stage works on [rows, vocab] tensors: no Python loop over the vocabulary.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from tritonrag.engine.sequence import Sequence
+from tritonrag.engine.sequence import SampledToken, Sequence, TokenLogprobs
+from tritonrag.sampling import SamplingParams
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, step) over the 64-bit seed space
+_NEG_INF = float("-inf")
 
 
 class Sampler:
@@ -25,33 +40,35 @@ class Sampler:
             self.generator.manual_seed(seed)
 
     @torch.inference_mode()
-    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-        # logits: [N, V] float32, one row per sequence
-        tokens = logits.argmax(dim=-1)  # [N]
+    def sample(self, logits: Any, seqs: list[Sequence]) -> list[SampledToken]:
+        raw = torch.as_tensor(logits).float()  # [N, V]; a numpy array from onnxruntime works too
+        processed = self.process(raw, seqs)
+        tokens = processed.argmax(dim=-1)  # [N]
         rows = [i for i, seq in enumerate(seqs) if not seq.sampling.greedy]
         if rows:
-            probs = self._probs(logits[rows], [seqs[i] for i in rows])  # [R, V]
+            probs = processed[rows].softmax(dim=-1)  # [R, V]
             noise = torch.stack([self._exponential(seqs[i], probs.shape[1]) for i in rows]).to(probs.device)
             tokens[rows] = (probs / noise).argmax(dim=-1)
-        return tokens.tolist()
+        logprobs = _logprobs(raw, seqs, tokens)
+        return [SampledToken(token, lp) for token, lp in zip(tokens.tolist(), logprobs)]
 
     @staticmethod
-    def _probs(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """Softmax of logits / temperature restricted to each row's top-k and top-p set."""
-        # logits: [R, V]
-        params = [seq.sampling for seq in seqs]
-        V = logits.shape[1]
-        temperature = torch.tensor([p.temperature for p in params], device=logits.device)
-        top_k = torch.tensor([p.top_k if 0 < p.top_k < V else V for p in params], device=logits.device)
-        top_p = torch.tensor([p.top_p for p in params], device=logits.device)
-        sorted_logits, order = (logits / temperature[:, None]).sort(dim=-1, descending=True, stable=True)
-        ranks = torch.arange(V, device=logits.device)[None, :]
-        cut = ranks >= top_k[:, None]
-        probs = sorted_logits.masked_fill(cut, float("-inf")).softmax(dim=-1)
-        # drop a token once the mass before it already reaches top_p (the first token always stays)
-        cut |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
-        sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
-        return torch.empty_like(logits).scatter_(1, order, sorted_logits).softmax(dim=-1)
+    @torch.inference_mode()
+    def process(logits: Any, seqs: list[Sequence]) -> torch.Tensor:
+        """The logits tokens are drawn from: greedy rows take their argmax, the others sample their softmax.
+
+        Greedy rows carry min_tokens and the penalties; the other rows are also divided by
+        their temperature and hold -inf where min_p, top_k or top_p cut. The input is not modified.
+        """
+        processed = torch.as_tensor(logits).float()  # [N, V]
+        processed = _mask_stop_tokens(processed, seqs)
+        processed = _apply_penalties(processed, seqs)
+        rows = [i for i, seq in enumerate(seqs) if not seq.sampling.greedy]
+        if rows:
+            index = torch.tensor(rows, device=processed.device)
+            warped = _warp(processed[index], [seqs[i].sampling for i in rows])
+            processed = processed.index_put((index,), warped)
+        return processed
 
     def _exponential(self, seq: Sequence, vocab: int) -> torch.Tensor:
         """Exp(1) noise [V] from the request's (seed, step) generator, or the shared one."""
@@ -60,3 +77,110 @@ class Sampler:
             step = len(seq.output_token_ids)
             generator = torch.Generator().manual_seed((seq.sampling.seed * _SEED_MIX + step) % 2**64)
         return torch.empty(vocab).exponential_(generator=generator).clamp_min_(1e-20)  # 0 would divide to inf
+
+
+def _mask_stop_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """min_tokens: until a sequence has that many outputs, its EOS and stop token ids get -inf."""
+    vocab = logits.shape[1]
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, seq in enumerate(seqs):
+        if len(seq.output_token_ids) < seq.sampling.min_tokens:
+            ids = [t for t in seq.all_stop_token_ids if t < vocab]
+            rows += [i] * len(ids)
+            cols += ids
+    if not rows:
+        return logits
+    index = (torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device))
+    return logits.index_put(index, torch.tensor(_NEG_INF, device=logits.device))
+
+
+def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """vLLM's penalties: repetition over prompt + output tokens, then frequency and presence over output tokens.
+
+    repetition_penalty r divides a seen token's positive logit by r and multiplies a negative
+    one by r (HF's RepetitionPenaltyLogitsProcessor); frequency subtracts f * count, presence p once.
+    """
+    rows = [i for i, seq in enumerate(seqs) if seq.sampling.has_penalties]
+    if not rows:
+        return logits
+    index = torch.tensor(rows, device=logits.device)
+    params = [seqs[i].sampling for i in rows]
+    sub = logits[index]  # [R, V], a copy
+    counts = _token_counts([seqs[i].output_token_ids for i in rows], sub)  # [R, V]
+    repetition = _column([p.repetition_penalty for p in params], sub)
+    if any(p.repetition_penalty != 1 for p in params):
+        seen = (counts > 0) | (_token_counts([seqs[i].prompt_token_ids for i in rows], sub) > 0)
+        sub = torch.where(seen, torch.where(sub > 0, sub / repetition, sub * repetition), sub)
+    sub = sub - _column([p.frequency_penalty for p in params], sub) * counts
+    sub = sub - _column([p.presence_penalty for p in params], sub) * (counts > 0)
+    return logits.index_put((index,), sub)
+
+
+def _warp(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Divide by temperature, then -inf outside min_p, top_k and top_p (vLLM's order)."""
+    # logits: [R, V]
+    logits = logits / _column([p.temperature for p in params], logits)
+    if any(p.min_p > 0 for p in params):
+        probs = logits.softmax(dim=-1)
+        threshold = probs.amax(dim=-1, keepdim=True) * _column([p.min_p for p in params], logits)
+        logits = logits.masked_fill(probs < threshold, _NEG_INF)
+    if any(p.top_k > 0 or p.top_p < 1 for p in params):
+        logits = _top_k_top_p(logits, params)
+    return logits
+
+
+def _top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Keep each row's top_k tokens, then the smallest set of them whose mass reaches top_p."""
+    # logits: [R, V]
+    vocab = logits.shape[1]
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=logits.device)
+    top_p = _column([p.top_p for p in params], logits)
+    sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    cut = ranks >= top_k[:, None]
+    probs = sorted_logits.masked_fill(cut, _NEG_INF).softmax(dim=-1)
+    # drop a token once the mass before it already reaches top_p (the first token always stays)
+    cut |= ((probs.cumsum(dim=-1) - probs) >= top_p) & (top_p < 1)
+    sorted_logits = sorted_logits.masked_fill(cut, _NEG_INF)
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def _logprobs(raw: torch.Tensor, seqs: list[Sequence], tokens: torch.Tensor) -> list[TokenLogprobs | None]:
+    """Each asking row's sampled-token logprob and rank, and its top-`logprobs` alternatives."""
+    rows = [i for i, seq in enumerate(seqs) if seq.sampling.logprobs is not None]
+    out: list[TokenLogprobs | None] = [None] * len(seqs)
+    if not rows:
+        return out
+    index = torch.tensor(rows, device=raw.device)
+    logprobs = raw[index].log_softmax(dim=-1)  # [R, V]
+    chosen = logprobs.gather(1, tokens[index][:, None])  # [R, 1]
+    ranks = ((logprobs > chosen).sum(dim=-1) + 1).tolist()
+    wanted = [seqs[i].sampling.logprobs or 0 for i in rows]
+    top_values, top_ids = logprobs.topk(min(max(wanted), logprobs.shape[1]), dim=-1)  # [R, K]
+    top_values_list, top_ids_list, chosen_list = top_values.tolist(), top_ids.tolist(), chosen[:, 0].tolist()
+    token_ids = tokens[index].tolist()
+    for r, i in enumerate(rows):
+        top = tuple(zip(top_ids_list[r][: wanted[r]], top_values_list[r][: wanted[r]]))
+        out[i] = TokenLogprobs(token_ids[r], chosen_list[r], ranks[r], top)
+    return out
+
+
+def _token_counts(token_lists: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+    """[R, V] float: how often each vocabulary id occurs in each row's list (ids outside V are ignored)."""
+    counts = torch.zeros_like(like)
+    flat = [t for tokens in token_lists for t in tokens]
+    if not flat:
+        return counts
+    row = torch.repeat_interleave(
+        torch.arange(len(token_lists), device=like.device),
+        torch.tensor([len(tokens) for tokens in token_lists], device=like.device),
+    )
+    col = torch.tensor(flat, device=like.device)
+    inside = col < like.shape[1]
+    return counts.index_put((row[inside], col[inside]), torch.ones((), device=like.device), accumulate=True)
+
+
+def _column(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    """[R, 1] float32 on `like`'s device, to broadcast one value per row."""
+    return torch.tensor(values, dtype=torch.float32, device=like.device)[:, None]

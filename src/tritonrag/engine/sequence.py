@@ -43,6 +43,14 @@ class Sequence:
     num_preemptions: int = 0
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
+    eos_token_ids: frozenset[int] = frozenset()  # the model's, set by the engine
+    cumulative_logprob: float | None = None  # sum of the sampled tokens' logprobs, when logprobs are asked
+
+    @property
+    def all_stop_token_ids(self) -> frozenset[int]:
+        """Token ids that end this sequence: `stop_token_ids`, and EOS unless `ignore_eos`."""
+        stop = frozenset(self.sampling.stop_token_ids)
+        return stop if self.sampling.ignore_eos else stop | self.eos_token_ids
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -59,6 +67,28 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probabilities at one generated position, of the raw model output (fp32 log_softmax).
+
+    `rank` is the sampled token's rank, 1 + the number of tokens more likely than it;
+    `top` holds the `logprobs` most likely tokens as (token id, logprob), most likely first.
+    """
+
+    token_id: int
+    logprob: float
+    rank: int
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    """What the sampler chose for one sequence, with its logprobs when the request asked for them."""
+
+    token_id: int
+    logprobs: TokenLogprobs | None = None
 
 
 @dataclass

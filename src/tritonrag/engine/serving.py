@@ -11,6 +11,11 @@ sink -> a stop string, EOS, max_tokens, a cancelled sink or an engine failure en
 and its KV blocks go back to the pool in the same step. Every submitted request gets
 exactly one `finish` or `fail`, also when its sink raises, the model fails, or the
 service shuts down.
+
+A request with `logprobs` set also gets, with each delta and with `finish`, the logprobs
+of the tokens generated since the last call (vLLM's per-position `{token_id: Logprob}`),
+so that concatenated they cover every generated token, a stop token included; sinks of
+requests without `logprobs` are called with the text alone, as before.
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tritonrag.engine.detokenizer import IncrementalDetokenizer, Tokenizer
 from tritonrag.engine.llm_engine import LLMEngine, StepOutput
-from tritonrag.engine.sequence import FinishReason
+from tritonrag.engine.sequence import FinishReason, TokenLogprobs
 from tritonrag.errors import InvalidInput, Unavailable
 from tritonrag.sampling import SamplingParams
 
@@ -35,17 +40,32 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Completion:
-    """What the final response reports."""
+    """What the final response reports. `cumulative_logprob` is None unless the request set `logprobs`."""
 
     finish_reason: str
     num_prompt_tokens: int
     num_cached_tokens: int
     num_output_tokens: int
+    cumulative_logprob: float | None = None
+
+
+@dataclass(frozen=True)
+class Logprob:
+    """vLLM's Logprob: one entry of a position's `{token_id: Logprob}` (the sampled token first, then the top N)."""
+
+    logprob: float
+    rank: int
+    decoded_token: str
+
+
+PositionLogprobs = dict[int, Logprob]
 
 
 class Sink(Protocol):
-    def send_delta(self, text: str) -> None: ...
-    def finish(self, text: str, completion: Completion) -> None: ...
+    """Where one request's results go. `logprobs` is passed only for requests that set `logprobs`."""
+
+    def send_delta(self, text: str, logprobs: list[PositionLogprobs] | None = None) -> None: ...
+    def finish(self, text: str, completion: Completion, logprobs: list[PositionLogprobs] | None = None) -> None: ...
     def fail(self, error: Exception) -> None: ...
     def is_cancelled(self) -> bool: ...
 
@@ -71,17 +91,20 @@ class CollectingSink:
 
     def __init__(self) -> None:
         self.deltas: list[str] = []
+        self.logprobs: list[PositionLogprobs] = []
         self.completion: Completion | None = None
         self.error: Exception | None = None
         self.cancelled = False
         self.done = threading.Event()
 
-    def send_delta(self, text: str) -> None:
+    def send_delta(self, text: str, logprobs: list[PositionLogprobs] | None = None) -> None:
         self.deltas.append(text)
+        self.logprobs += logprobs or []
 
-    def finish(self, text: str, completion: Completion) -> None:
+    def finish(self, text: str, completion: Completion, logprobs: list[PositionLogprobs] | None = None) -> None:
         if text:
             self.deltas.append(text)
+        self.logprobs += logprobs or []
         self.completion = completion
         self.done.set()
 
@@ -116,6 +139,9 @@ class _Live:
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
     last_token_time: float | None = None
+    wants_logprobs: bool = False
+    pending_logprobs: list[PositionLogprobs] = field(default_factory=list)  # not yet handed to the sink
+    cumulative_logprob: float | None = None
 
 
 @dataclass
@@ -247,12 +273,22 @@ class GenerationService:
             self._observe("on_finish", time.monotonic() - item.arrival, completion)
             return
         try:
-            detokenizer = IncrementalDetokenizer(self.tokenizer, item.prompt_ids, item.sampling.stop)
-            self.engine.add_request(item.key, item.prompt_ids, item.sampling)
+            sampling = item.sampling
+            detokenizer = IncrementalDetokenizer(
+                self.tokenizer, item.prompt_ids, sampling.stop, sampling.skip_special_tokens, sampling.min_tokens
+            )
+            self.engine.add_request(item.key, item.prompt_ids, sampling)
         except Exception as exc:  # noqa: BLE001 - e.g. a full waiting queue: that request's error
             _call(item.sink.fail, exc)
             return
-        self._live[item.key] = _Live(item.request_id, item.sink, detokenizer, item.arrival, len(item.prompt_ids))
+        self._live[item.key] = _Live(
+            item.request_id,
+            item.sink,
+            detokenizer,
+            item.arrival,
+            len(item.prompt_ids),
+            wants_logprobs=sampling.logprobs is not None,
+        )
 
     def _drop_cancelled(self) -> int:
         """Abort requests whose client cancelled or went away; their blocks are freed at once."""
@@ -285,14 +321,16 @@ class GenerationService:
         if output.num_output_tokens > live.num_output_tokens:
             self._time_tokens(live)
         live.num_cached_tokens, live.num_output_tokens = output.num_cached_tokens, output.num_output_tokens
+        live.cumulative_logprob = output.cumulative_logprob
         reason = output.finish_reason if output.finished else None
         try:
+            live.pending_logprobs += [self._position(lp) for lp in output.logprobs]
             delta = "".join(live.detokenizer.add(token) for token in output.new_token_ids)
             if live.detokenizer.stopped:  # a stop string; it wins over a length limit hit in the same step
                 reason = FinishReason.STOP
             if reason is None:
                 if delta:
-                    live.sink.send_delta(delta)
+                    live.sink.send_delta(delta, *self._take_logprobs(live))
                 return
             delta += live.detokenizer.finish()
         except Exception as exc:  # noqa: BLE001 - a sink that raises (client gone) or a bad token: this request only
@@ -304,6 +342,25 @@ class GenerationService:
             )
         else:
             self._end(key, FinishReason(reason), delta)
+
+    def _position(self, logprobs: TokenLogprobs) -> PositionLogprobs:
+        """vLLM's `{token_id: Logprob}` for one position: the sampled token first, then the top N."""
+        entries = [(logprobs.token_id, logprobs.logprob, logprobs.rank)]
+        entries += [(token_id, value, rank) for rank, (token_id, value) in enumerate(logprobs.top, start=1)]
+        position: PositionLogprobs = {}
+        for token_id, value, rank in entries:
+            if token_id not in position:
+                text = str(self.tokenizer.decode([token_id], skip_special_tokens=False))
+                position[token_id] = Logprob(value, rank, text)
+        return position
+
+    @staticmethod
+    def _take_logprobs(live: _Live) -> tuple[list[PositionLogprobs], ...]:
+        """The pending logprobs as the extra sink argument, or no argument for a request that did not ask."""
+        if not live.wants_logprobs:
+            return ()
+        taken, live.pending_logprobs = live.pending_logprobs, []
+        return (taken,)
 
     def _time_tokens(self, live: _Live) -> None:
         now = time.monotonic()
@@ -325,8 +382,14 @@ class GenerationService:
         if error is not None:
             _call(live.sink.fail, error)
             return
-        completion = Completion(reason.value, live.num_prompt_tokens, live.num_cached_tokens, live.num_output_tokens)
-        _call(live.sink.finish, text, completion)
+        completion = Completion(
+            reason.value,
+            live.num_prompt_tokens,
+            live.num_cached_tokens,
+            live.num_output_tokens,
+            live.cumulative_logprob,
+        )
+        _call(live.sink.finish, text, completion, *self._take_logprobs(live))
         self._observe("on_finish", time.monotonic() - live.arrival, completion)
 
     def _fail_all(self, error: Exception) -> None:
