@@ -24,6 +24,7 @@ LAYERS = {
     "factory": {"vocabulary", "compile", "engine", "runners"},  # engine.factory: assembles core + runner
     "triton": {"vocabulary", "compile", "engine", "runners", "retrieval", "factory", "triton"},
     "clients": {"vocabulary", "triton", "clients"},
+    "openai": {"vocabulary", "retrieval", "triton", "openai"},  # the OpenAI API service and web page
     "bench": {"vocabulary", "compile", "engine", "runners", "factory", "triton", "clients", "bench"},
 }
 VOCABULARY = {"errors", "defaults", "paths", "sampling", "metrics", "__init__"}
