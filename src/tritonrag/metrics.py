@@ -46,7 +46,12 @@ ENGINE_FAMILIES = (
     GENERATION_TOKENS,
     REQUEST_SUCCESS,
 )
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Neighbouring bounds at most 1.5x apart from 50 ms to 30 s: the rollout's latency guards compare p95s
+# interpolated within buckets (tritonrag.triton.guards), and 1-2.5-5 buckets moved a p95 by up to 2.5x.
+LATENCY_BUCKETS = (
+    *(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75),
+    *(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0),
+)
 
 # Router (model_repository/generator_router), labelled by model, version and mode or role.
 ROUTER_REQUESTS = Family(
@@ -66,6 +71,31 @@ ROUTER_WEIGHT = Family(
     "tritonrag_router_weight", GAUGE, "Share of routed traffic by version and role (stable, canary, shadow)"
 )
 ROUTING_MODES = ("pinned", "sticky", "random", "shadow")
+# Shadow agreement: the router compares each greedy mirror's output with its primary's (tritonrag.triton.shadow).
+ROUTER_SHADOW_COMPARED = Family(
+    "tritonrag_router_shadow_compared_total", COUNTER, "Greedy mirrored requests compared with their primary's output"
+)
+ROUTER_SHADOW_EXACT = Family(
+    "tritonrag_router_shadow_exact_total", COUNTER, "Compared mirrors whose output text equals the primary's"
+)
+ROUTER_SHADOW_CHARS = Family(
+    "tritonrag_router_shadow_output_chars_total", COUNTER, "Output characters of compared pairs, by side"
+)
+
+# Guarded rollout (tritonrag.triton.rollout), shown by every router from the weights file all replicas read.
+ROLLOUT_STEP = Family("tritonrag_rollout_step", GAUGE, "Rollout step in force (0 = the first); -1 when none is running")
+ROLLOUT_GUARD_VALUE = Family(
+    "tritonrag_rollout_guard_value", GAUGE, "A rollout guard's value on the canary in the last evaluated window"
+)
+ROLLOUT_GUARD_THRESHOLD = Family(
+    "tritonrag_rollout_guard_threshold", GAUGE, "The limit a rollout guard holds its value to in that window"
+)
+ROLLOUT_GUARD_OK = Family("tritonrag_rollout_guard_ok", GAUGE, "A rollout guard's state: 1 pass, 0 trip, -1 wait")
+ROLLOUT_DECISION = Family(
+    "tritonrag_rollout_decision_timestamp_seconds",
+    GAUGE,
+    "When a rollout decision was taken, by action (advance, promote, rollback), step and guard (what tripped)",
+)
 
 # Triton's own per-model families, read by the canary CLI.
 TRITON_SUCCESS = "nv_inference_request_success"

@@ -18,6 +18,19 @@ The config lives in a JSON file (`WeightsFile`), re-read whenever the file chang
 weights change without restarting or reloading anything and in-flight streams are never
 touched: routing decides once per request, at its start. Writers replace the file
 atomically (`write_config`), so a reader sees the old or the new split, never half of one.
+Every replica reading the same file routes alike: the split is the file, the key hash is
+the same everywhere, and each request stats the file (a change is seen by the next request).
+
+The file's path comes from `TRITONRAG_CANARY_FILE` when set (a mounted Kubernetes
+ConfigMap, say), else from the router's `weights_file` parameter. It is kept as given, not
+resolved: a ConfigMap mount is `canary.json -> ..data/canary.json` with `..data` a symlink
+the kubelet swaps atomically to a new timestamped folder (and then deletes the old one), so
+a path resolved once would keep pointing at the deleted folder. stat() follows the links
+on every call, sees the new file's inode, and the router re-reads it.
+
+The file may also hold a guarded rollout's state (`rollout`, tritonrag.triton.rollout):
+its step, guards and decisions live beside the split they set, so every replica and any
+restarted driver read the same story.
 """
 
 from __future__ import annotations
@@ -37,7 +50,9 @@ from pathlib import Path
 from tritonrag.errors import InvalidInput
 
 MODES = ("pinned", "sticky", "random", "shadow")
-CONFIG_KEYS = {"stable_version", "canary_version", "canary_weight", "shadow_weight", "updated_at"}
+SPLIT_KEYS = {"stable_version", "canary_version", "canary_weight", "shadow_weight"}
+CONFIG_KEYS = SPLIT_KEYS | {"updated_at", "rollout"}
+CANARY_FILE_ENV = "TRITONRAG_CANARY_FILE"  # overrides the router's weights_file parameter (a ConfigMap mount)
 
 
 @dataclass(frozen=True)
@@ -69,8 +84,7 @@ class RoutingConfig:
         unknown = set(data) - CONFIG_KEYS
         if unknown:
             raise ValueError(f"unknown routing config keys: {', '.join(sorted(unknown))}")
-        values = {key: data[key] for key in CONFIG_KEYS - {"updated_at"} if key in data}
-        return cls(**values)
+        return cls(**{key: data[key] for key in SPLIT_KEYS if key in data})
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> RoutingConfig:
@@ -184,20 +198,43 @@ def check_pin(pin: int, is_ready: Callable[[int], bool], config: RoutingConfig, 
 # ---- the weights file -----------------------------------------------------------------------
 
 
-def read_config(path: Path | str) -> RoutingConfig:
+def canary_file_path(parameter: str, repository_root: Path | str) -> Path:
+    """The weights file: $TRITONRAG_CANARY_FILE, else the router's `weights_file` parameter with
+    `${TRITONRAG_ARTIFACTS}` expanded (default: artifacts/ beside the repository); absolute, links kept."""
+    override = os.environ.get(CANARY_FILE_ENV, "").strip()
+    if override:
+        return Path(os.path.abspath(os.path.expanduser(override)))
+    root = os.environ.get("TRITONRAG_ARTIFACTS", str(Path(repository_root).absolute().parent / "artifacts"))
+    value = os.path.expandvars(parameter.replace("${TRITONRAG_ARTIFACTS}", root))
+    path = Path(value) if Path(value).is_absolute() else Path(repository_root) / value
+    return Path(os.path.abspath(path))
+
+
+def read_file(path: Path | str) -> tuple[RoutingConfig, dict | None]:
+    """The split and the rollout section (raw; tritonrag.triton.rollout parses it), if any."""
     text = Path(path).read_text()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    return RoutingConfig.from_dict(data)
+    config = RoutingConfig.from_dict(data)
+    rollout = data.get("rollout")
+    if rollout is not None and not isinstance(rollout, dict):
+        raise ValueError(f"{path}: rollout must be a JSON object, got {type(rollout).__name__}")
+    return config, rollout
 
 
-def write_config(path: Path | str, config: RoutingConfig) -> None:
+def read_config(path: Path | str) -> RoutingConfig:
+    return read_file(path)[0]
+
+
+def write_config(path: Path | str, config: RoutingConfig, rollout: dict | None = None) -> None:
     """Replace the file atomically (temporary file + rename) so readers never see a partial write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**config.to_dict(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if rollout is not None:
+        data["rollout"] = rollout
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
@@ -213,14 +250,16 @@ class WeightsFile:
     """The current split: the JSON file when there is one, else the default; re-read on change.
 
     `current()` costs one stat(); the file is parsed again only when its inode, size or
-    mtime changed. A file that does not parse or validate is reported in `error` and the
-    last good split stays in force (a typo must not move traffic).
+    mtime changed (stat follows symlinks: a swapped ConfigMap `..data` link is a new inode).
+    A file that does not parse or validate is reported in `error` and the last good split
+    stays in force (a typo must not move traffic). `rollout` is the file's rollout section.
     """
 
     def __init__(self, path: Path | str, default: RoutingConfig):
         self.path = Path(path)
         self.default = default
         self.error: str | None = None
+        self.rollout: dict | None = None
         self._config = default
         self._signature: tuple | None = None
         self._lock = threading.Lock()
@@ -243,9 +282,9 @@ class WeightsFile:
     def _reload(self, signature: tuple | None) -> None:
         self._signature = signature
         if signature is None:
-            self._config, self.error = self.default, None
+            self._config, self.rollout, self.error = self.default, None, None
             return
         try:
-            self._config, self.error = read_config(self.path), None
+            (self._config, self.rollout), self.error = read_file(self.path), None
         except (OSError, ValueError, TypeError) as exc:
             self.error = f"ignoring {self.path}: {exc}"
