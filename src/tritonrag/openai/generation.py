@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,7 +22,7 @@ from tritonrag.errors import InvalidInput
 from tritonrag.openai.errors import OpenAIError, bad_request
 from tritonrag.openai.protocol import Usage
 from tritonrag.openai.triton_map import Piece, PositionLogprob
-from tritonrag.sampling import SamplingParams
+from tritonrag.sampling import SamplingParams, known_keys
 
 OPENAI_TEMPERATURE = 1.0
 # OpenAI fields this server accepts and ignores: they do not change what is generated.
@@ -52,18 +52,22 @@ HARMLESS = {
 PASSED = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 
 
-def sampling_keys() -> set[str]:
+def sampling_keys() -> frozenset[str]:
     """The keys the engine's SamplingParams takes (vLLM's names)."""
-    return {f.name for f in fields(SamplingParams)}
+    return known_keys()
 
 
 def refuse_unsupported(request: BaseModel, handled: set[str]) -> None:
-    """400 for a field of the request that this server cannot honour (named), unless it asks for nothing."""
-    known = sampling_keys()
-    given = {name: getattr(request, name) for name in type(request).model_fields if name not in handled}
-    given |= dict(request.model_extra or {})
+    """400 for a field of the request that this server cannot honour (named), unless it asks for nothing.
+
+    Sampling keys the engine knows pass on (SamplingParams then checks their values); OpenAI fields
+    with no engine counterpart (`n`, `tools`, ...) are refused unless they hold their no-op value.
+    """
+    known, extra = sampling_keys(), dict(request.model_extra or {})
+    given = {name: getattr(request, name) for name in type(request).model_fields if name not in handled} | extra
     for name, value in given.items():
-        if name in IGNORED or name in known or value in HARMLESS.get(name, (None,)):
+        passed = name in known and (name in PASSED or name in extra)
+        if name in IGNORED or passed or value in HARMLESS.get(name, (None,)):
             continue
         if name in HARMLESS:
             raise bad_request(f"'{name}' = {value!r} is not supported by this server", param=name)

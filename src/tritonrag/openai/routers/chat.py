@@ -52,7 +52,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     pieces = service.bridge.generate(model, ask)
     context = ChatContext(body, model, service, new_id("chatcmpl"), now())
     if body.stream:
-        return EventStream(chat_events(await first_then_rest(pieces), context))
+        return EventStream(chat_events(await unless_disconnected(first_then_rest(pieces), request), context))
     answer = await unless_disconnected(gather(pieces), request)
     return context.completion(answer).dump()
 

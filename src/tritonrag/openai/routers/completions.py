@@ -45,7 +45,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     pieces = service.bridge.generate(model, ask)
     context = CompletionContext(body, model, service, new_id("cmpl"), now(), ask.text if body.echo else "")
     if body.stream:
-        return EventStream(completion_events(await first_then_rest(pieces), context))
+        return EventStream(completion_events(await unless_disconnected(first_then_rest(pieces), request), context))
     answer = await unless_disconnected(gather(pieces), request)
     return context.completion(answer).dump()
 
