@@ -100,21 +100,44 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor
 
     repetition_penalty r divides a seen token's positive logit by r and multiplies a negative
     one by r (HF's RepetitionPenaltyLogitsProcessor); frequency subtracts f * count, presence p once.
+    Only the (row, token) pairs that occur are touched: the cost follows the tokens, not the vocabulary.
     """
     rows = [i for i, seq in enumerate(seqs) if seq.sampling.has_penalties]
     if not rows:
         return logits
-    index = torch.tensor(rows, device=logits.device)
-    params = [seqs[i].sampling for i in rows]
-    sub = logits[index]  # [R, V], a copy
-    counts = _token_counts([seqs[i].output_token_ids for i in rows], sub)  # [R, V]
-    repetition = _column([p.repetition_penalty for p in params], sub)
-    if any(p.repetition_penalty != 1 for p in params):
-        seen = (counts > 0) | (_token_counts([seqs[i].prompt_token_ids for i in rows], sub) > 0)
-        sub = torch.where(seen, torch.where(sub > 0, sub / repetition, sub * repetition), sub)
-    sub = sub - _column([p.frequency_penalty for p in params], sub) * counts
-    sub = sub - _column([p.presence_penalty for p in params], sub) * (counts > 0)
-    return logits.index_put((index,), sub)
+    out = logits.clone()
+    repeated = [i for i in rows if seqs[i].sampling.repetition_penalty != 1]
+    if repeated:
+        row, col, _ = _occurrences([seqs[i].all_token_ids for i in repeated], repeated, out)
+        penalty = _per_row([seqs[i].sampling.repetition_penalty for i in repeated], repeated, row, out)
+        values = out[row, col]
+        out[row, col] = torch.where(values > 0, values / penalty, values * penalty)
+    row, col, count = _occurrences([seqs[i].output_token_ids for i in rows], rows, out)
+    if len(row):
+        frequency = _per_row([seqs[i].sampling.frequency_penalty for i in rows], rows, row, out)
+        presence = _per_row([seqs[i].sampling.presence_penalty for i in rows], rows, row, out)
+        out[row, col] -= frequency * count + presence
+    return out
+
+
+def _occurrences(
+    token_lists: list[list[int]], rows: list[int], like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each distinct (row, token id) pair of the lists, with its count; ids outside the vocabulary are left out."""
+    vocab = like.shape[1]
+    flat = torch.tensor([t for tokens in token_lists for t in tokens], dtype=torch.long)
+    row = torch.tensor(rows, dtype=torch.long).repeat_interleave(torch.tensor([len(t) for t in token_lists]))
+    inside = flat < vocab
+    keys, counts = torch.unique(row[inside] * vocab + flat[inside], return_counts=True)
+    device = like.device
+    return (keys // vocab).to(device), (keys % vocab).to(device), counts.to(device=device, dtype=torch.float32)
+
+
+def _per_row(values: list[float], rows: list[int], row: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The value of each pair's row: `values[k]` belongs to batch row `rows[k]`."""
+    table = torch.zeros(like.shape[0], dtype=torch.float32, device=like.device)
+    table[torch.tensor(rows, device=like.device)] = torch.tensor(values, dtype=torch.float32, device=like.device)
+    return table[row]
 
 
 def _warp(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -164,21 +187,6 @@ def _logprobs(raw: torch.Tensor, seqs: list[Sequence], tokens: torch.Tensor) -> 
         top = tuple(zip(top_ids_list[r][: wanted[r]], top_values_list[r][: wanted[r]]))
         out[i] = TokenLogprobs(token_ids[r], chosen_list[r], ranks[r], top)
     return out
-
-
-def _token_counts(token_lists: list[list[int]], like: torch.Tensor) -> torch.Tensor:
-    """[R, V] float: how often each vocabulary id occurs in each row's list (ids outside V are ignored)."""
-    counts = torch.zeros_like(like)
-    flat = [t for tokens in token_lists for t in tokens]
-    if not flat:
-        return counts
-    row = torch.repeat_interleave(
-        torch.arange(len(token_lists), device=like.device),
-        torch.tensor([len(tokens) for tokens in token_lists], device=like.device),
-    )
-    col = torch.tensor(flat, device=like.device)
-    inside = col < like.shape[1]
-    return counts.index_put((row[inside], col[inside]), torch.ones((), device=like.device), accumulate=True)
 
 
 def _column(values: list[float], like: torch.Tensor) -> torch.Tensor:
