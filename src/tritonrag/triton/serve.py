@@ -1,11 +1,16 @@
 """Run tritonserver on the model repository in the foreground; optionally ask one streamed question.
 
 python -m tritonrag.triton.serve [--demo "question"] [--exit-after-demo] [--grpc-port 8001 ...]
+                                [--bind 0.0.0.0] [--exit-timeout 30]
+
+SIGTERM is passed on to tritonserver, which then shuts down as it does on its own SIGTERM (its HTTP
+endpoint closes at once; in-flight requests get up to --exit-timeout seconds; the models unload).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +26,19 @@ def ask_demo(server: TritonServer, question: str) -> None:
     subprocess.run([sys.executable, "-m", "tritonrag_clients.ask", question, "--url", server.grpc_url], check=True)
 
 
+def forward_sigterm(server: TritonServer) -> None:
+    """Pass SIGTERM on to tritonserver; this process then waits for it to exit.
+
+    Without this, SIGTERM ends this process at once and leaves tritonserver running without it.
+    """
+
+    def handler(signum, frame):
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
@@ -29,11 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--demo", default=None, help="a question to ask once the server is ready")
     parser.add_argument("--exit-after-demo", action="store_true")
+    parser.add_argument("--bind", default="127.0.0.1", help="HTTP and gRPC address (0.0.0.0 in a container)")
+    parser.add_argument(
+        "--exit-timeout", type=int, default=30, help="seconds in-flight requests get after SIGTERM or Ctrl-C"
+    )
     args = parser.parse_args(argv)
 
-    server = TritonServer(args.model_repository, args.http_port, args.grpc_port, args.metrics_port)
+    server = TritonServer(
+        args.model_repository,
+        args.http_port,
+        args.grpc_port,
+        args.metrics_port,
+        bind_address=args.bind,
+        extra_args=[f"--exit-timeout-secs={args.exit_timeout}"],
+    )
     print("starting tritonserver: " + " ".join(server.command()), flush=True)
     server.start(foreground=True)
+    forward_sigterm(server)
     started = time.monotonic()
     try:
         server.wait_ready(timeout=600)

@@ -18,6 +18,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from tritonrag.paths import MODEL_REPOSITORY, REPO_ROOT, artifacts_dir
 
@@ -91,6 +92,7 @@ class TritonServer:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    bind_address: str = "127.0.0.1"  # HTTP and gRPC; a container binds 0.0.0.0 so probes and Services reach it
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
@@ -119,8 +121,8 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
+            f"--http-address={self.bind_address}",
+            f"--grpc-address={self.bind_address}",
             "--allow-metrics=true",
             "--allow-cpu-metrics=true",
             "--allow-gpu-metrics=false",
@@ -152,21 +154,34 @@ class TritonServer:
         )
         return self
 
+    def exec(self) -> NoReturn:
+        """Become tritonserver (execve): a container's PID 1 then gets the kubelet's SIGTERM itself and drains.
+
+        No readiness wait and no child to forward signals to: what deploy/docker/entrypoint.sh runs.
+        """
+        command = self.command()
+        os.execve(command[0], command, self.environment())
+
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Wait until every model is loaded (server ready), or raise with the log's tail."""
         import tritonclient.http as httpclient
 
         deadline = time.monotonic() + timeout
+        # Closed when done: tritonserver's shutdown waits (up to its exit timeout) for open HTTP
+        # connections, and a keep-alive one left here would make every stop run into that timeout.
         client = httpclient.InferenceServerClient(self.http_url)
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}\n{self.log_tail()}")
-            try:
-                if client.is_server_ready():
-                    return
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            time.sleep(0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"tritonserver exited with {self.process.returncode}\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready():
+                        return
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+                time.sleep(0.5)
+        finally:
+            client.close()
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 60) -> str:
