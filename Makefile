@@ -21,7 +21,7 @@ Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines gpu-check browser clean
+.PHONY: help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines gpu-check browser clean perf perf-tools
 
 help:
 	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline,"
@@ -32,6 +32,8 @@ help:
 	@echo "make eval      retrieval quality: recall@k and MRR@10, before and after reranking"
 	@echo "make bench     engine benchmark against Hugging Face generate()"
 	@echo "make bench-vllm  the same with vLLM's CPU build as a peer (opt-in: a separate, large .venv-vllm)"
+	@echo "make perf      genai-perf against the running server's LLM (make serve first): a concurrency sweep"
+	@echo "               PERF_ARGS=\"--concurrency 1,4 --output-tokens 32 --url host:8001 --http-url host:8000\""
 	@echo "make onnx      export every ONNX graph (embedder, generator step; reranker with --checkpoint)"
 	@echo "make engines   TensorRT engines from the ONNX graphs (TensorRT-RTX builds without a GPU;"
 	@echo "               ENGINE_ARGS=\"--compute-capability sm86\")"
@@ -85,7 +87,7 @@ demo: setup
 ask: $(STAMP)
 	$(PY) -m tritonrag_clients.ask "$(Q)"
 
-test: setup $(AIPERF) browser
+test: setup $(AIPERF) browser perf-tools
 	$(PY) -m pytest -ra
 
 test-fast: setup
@@ -125,6 +127,39 @@ bench-vllm: setup .venv-vllm/bin/vllm
 gpu-check:
 	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory setup; fi
 	$(PYTHON) build/gpu_check.py --python $(PY)
+
+# Triton's load tools in their own virtualenv (tritonrag_bench/perf_tools.py says why these versions):
+# genai-perf 0.0.16, perf_analyzer 2.51 from the tritonclient[all]==2.51.0 wheel (its PyPI wheels need
+# glibc 2.38), which runs with Debian's libb64-0d (apt, as root) and the CUDA runtime wheel's libcudart.so.12.
+PERF_VENV := .venv-perf
+PERF_STAMP := $(PERF_VENV)/.installed
+PERF_ARGS ?=
+
+$(PERF_STAMP):
+	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/pip install -q --upgrade pip
+	$(PERF_VENV)/bin/pip install -q genai-perf==0.0.16 nvidia-cuda-runtime-cu12
+	rm -rf $(PERF_VENV)/dl && $(PERF_VENV)/bin/pip download -q --no-deps "tritonclient[all]==2.51.0" -d $(PERF_VENV)/dl
+	mkdir -p $(PERF_VENV)/libexec
+	$(PERF_VENV)/bin/python -c "import glob, zipfile; wheel = zipfile.ZipFile(glob.glob('$(PERF_VENV)/dl/*.whl')[0]); \
+	  open('$(PERF_VENV)/libexec/perf_analyzer', 'wb').write(wheel.read('tritonclient-2.51.0.data/data/bin/perf_analyzer'))"
+	chmod +x $(PERF_VENV)/libexec/perf_analyzer && rm -rf $(PERF_VENV)/dl
+	dpkg -s libb64-0d >/dev/null 2>&1 || apt-get install -y -q -o DPkg::Lock::Timeout=300 libb64-0d \
+	  || (apt-get update -q -o DPkg::Lock::Timeout=300 && apt-get install -y -q -o DPkg::Lock::Timeout=300 libb64-0d)
+	printf '%s\n' '#!/bin/sh' \
+	  '# perf_analyzer 2.51 from the tritonclient wheel, with the CUDA runtime it links (written by make perf-tools).' \
+	  'here="$$(cd "$$(dirname "$$0")/.." && pwd)"' \
+	  'cudart="$$(echo "$$here"/lib/python3*/site-packages/nvidia/cuda_runtime/lib)"' \
+	  'LD_LIBRARY_PATH="$$cudart$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" exec "$$here/libexec/perf_analyzer" "$$@"' \
+	  > $(PERF_VENV)/bin/perf_analyzer
+	chmod +x $(PERF_VENV)/bin/perf_analyzer
+	$(PERF_VENV)/bin/perf_analyzer --version
+	touch $@
+
+perf-tools: $(PERF_STAMP)
+
+perf: $(STAMP) $(WEIGHTS) perf-tools
+	$(PY) -m tritonrag_bench.perf $(PERF_ARGS)
 
 clean:
 	rm -rf $(ART)

@@ -6,13 +6,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from tritonrag.defaults import EMBEDDING_DIM, ENSEMBLE_MODEL, GENERATOR_MODEL, RERANK_CANDIDATES
+from tritonrag.defaults import EMBEDDING_DIM, ENSEMBLE_MODEL, GENERATOR_MODEL, LLM_MODEL, RERANK_CANDIDATES
 from tritonrag.engine.config import EngineConfig
 from tritonrag.paths import MODEL_REPOSITORY, resolve_artifact
 from tritonrag.triton.generator_config import ADAPTER_KEYS, engine_config
 from tritonrag.triton.versioning import split_parameters
 
-ROUTER_MODEL = "generator_router"
+ROUTER_MODEL = LLM_MODEL  # the public LLM routes between the generator's versions
 
 MODELS = sorted(p.parent.name for p in MODEL_REPOSITORY.glob("*/config.pbtxt"))
 

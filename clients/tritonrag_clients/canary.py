@@ -7,7 +7,7 @@
     python -m tritonrag_clients.canary rollback
 
 Changes are written to the router's weights file (`--file`, default
-`$TRITONRAG_ARTIFACTS/canary.json`, the path in generator_router's config.pbtxt), which the
+`$TRITONRAG_ARTIFACTS/canary.json`, the path in the `llm` model's config.pbtxt), which the
 router re-reads on change: no restart, no reload, in-flight streams untouched. Before
 writing, every version the new split names is checked to be ready on the server
 (`--no-check` skips it). `status` reads Triton's /metrics: the router's counters and the
@@ -24,11 +24,12 @@ from pathlib import Path
 import requests
 
 from tritonrag import metrics
+from tritonrag.defaults import GENERATOR_MODEL, LLM_MODEL
 from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir
 from tritonrag.triton.canary import RoutingConfig, promote, read_config, rollback, set_split, write_config
 from tritonrag_clients.prom import Samples, parse_metrics, quantile, total
 
-ROUTER = "generator_router"
+ROUTER = LLM_MODEL  # the public LLM routes between the generator's versions
 
 
 # ---- reading /metrics (parsing and quantiles: tritonrag_clients.prom) -------------------------------
@@ -41,7 +42,7 @@ def delta(after: Samples, before: Samples) -> Samples:
     }
 
 
-def version_rows(samples: Samples, model: str = "generator") -> list[dict]:
+def version_rows(samples: Samples, model: str = GENERATOR_MODEL) -> list[dict]:
     """One row per generator version seen on the endpoint."""
     versions = sorted(
         {dict(ls)["version"] for (n, ls) in samples if dict(ls).get("model") == model and "version" in dict(ls)},
@@ -137,7 +138,7 @@ def current_split(path: Path, http_url: str) -> tuple[RoutingConfig, str]:
     return router_defaults(http_url), f"router defaults; {path} not written yet"
 
 
-def check_ready(config: RoutingConfig, http_url: str, model: str = "generator") -> None:
+def check_ready(config: RoutingConfig, http_url: str, model: str = GENERATOR_MODEL) -> None:
     for version in config.versions():
         try:
             ready = (

@@ -1,6 +1,8 @@
 """Stream a request to the server over tritonclient gRPC: deltas as they arrive, then the end.
 
-Used by the `ask` CLI, the benchmark and the tests.
+Used by the `ask` CLI, the benchmark and the tests. The LLM's inputs are vllm_backend's
+(tritonrag.triton.vllm_interface): `generator_inputs` builds them for `llm` (or a pinned
+`generator` version), asking for the finish reason and the token counts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tritonrag.triton import vllm_interface as llm
+
+# What our clients ask the LLM to return besides the text.
+DEFAULT_RETURNS = ("finish_reason", "num_input_tokens", "num_output_tokens")
+
 
 @dataclass
 class StreamEvent:
@@ -25,6 +32,7 @@ class StreamEvent:
     sources: list[dict] | None = None
     final: bool = False
     finish_reason: str | None = None
+    num_output_tokens: int = 0  # tokens in this response, when asked (return_num_output_tokens)
     error: InferenceServerException | None = None
     time: float = field(default_factory=time.monotonic)
 
@@ -49,15 +57,27 @@ def rag_inputs(query: str | bytes, top_k: int | None = None, sampling: dict | st
     return inputs
 
 
-def generator_inputs(prompt: str | bytes, sampling: dict | str | None = None, stream: bool = True) -> list:
-    inputs = [bytes_input("text_input", prompt)]
+def bool_input(name: str, value: bool) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, [1], "BOOL")
+    tensor.set_data_from_numpy(np.array([value], dtype=bool))
+    return tensor
+
+
+def generator_inputs(
+    prompt: str | bytes,
+    sampling: dict | str | None = None,
+    stream: bool = True,
+    returns: tuple[str, ...] = DEFAULT_RETURNS,
+    exclude_input_in_output: bool | None = None,
+) -> list:
+    """vllm_backend's inputs for the LLM: the prompt, sampling JSON, `stream` and a `return_<name>` per output."""
+    inputs = [bytes_input(llm.TEXT_INPUT.name, prompt), bool_input(llm.STREAM.name, stream)]
     if sampling is not None:
-        inputs.append(
-            bytes_input("sampling_parameters", sampling if isinstance(sampling, str) else json.dumps(sampling))
-        )
-    flag = grpcclient.InferInput("stream", [1], "BOOL")
-    flag.set_data_from_numpy(np.array([stream], dtype=bool))
-    inputs.append(flag)
+        raw = sampling if isinstance(sampling, str) else json.dumps(sampling)
+        inputs.append(bytes_input(llm.SAMPLING_PARAMETERS.name, raw))
+    if exclude_input_in_output is not None:
+        inputs.append(bool_input(llm.EXCLUDE_INPUT.name, exclude_input_in_output))
+    inputs += [bool_input(f"return_{name}", True) for name in returns]
     return inputs
 
 
@@ -79,7 +99,10 @@ def event_from_result(result, error) -> StreamEvent:
         raw = result.as_numpy("sources").reshape(-1)[0]
         event.sources = json.loads(raw) if raw else None
     if "finish_reason" in names:
-        event.finish_reason = result.as_numpy("finish_reason").reshape(-1)[0].decode()
+        reason = result.as_numpy("finish_reason").reshape(-1)[0].decode()
+        event.finish_reason = None if reason == "None" else reason  # vllm_backend's "None" until the end
+    if "num_output_tokens" in names:
+        event.num_output_tokens = int(result.as_numpy("num_output_tokens").reshape(-1)[0])
     return event
 
 
@@ -139,12 +162,21 @@ class StreamingClient:
 
 
 def collect(events: Iterator[StreamEvent]) -> tuple[str, list[dict] | None, StreamEvent]:
-    """Drain a stream: (full text, sources, last event); raises the stream's error."""
+    """Drain a stream: (full text, sources, last event); raises the stream's error.
+
+    The last event carries the stream's finish reason and its output tokens in all, also when
+    it is the empty final response a router sends after the last delta.
+    """
     text, sources, last = [], None, None
+    reason, tokens = None, 0
     for event in events:
         if event.error is not None:
             raise event.error
         text.append(event.text)
         sources = sources or event.sources
+        reason = event.finish_reason or reason
+        tokens += event.num_output_tokens
         last = event
+    if last is not None:
+        last.finish_reason, last.num_output_tokens = reason, tokens
     return "".join(text), sources, last

@@ -11,6 +11,10 @@ DEFAULT_TOP_K = 3  # passages given to the generator
 MAX_TOP_K = 10
 RERANK_CANDIDATES = 20  # first-stage hits handed to the reranker
 MAX_PASSAGE_CHARS = 1200  # a passage is cut to this in the prompt
+# Model names. `llm` is the public LLM (vllm_backend's interface): it routes each request to a
+# `generator` version, the stable one unless the canary weights or a pin say otherwise. `generator`
+# (versions 1 and 2) is internal: Triton sends an unversioned request to its highest version, the canary.
+LLM_MODEL = "llm"
 GENERATOR_MODEL = "generator"
 ENSEMBLE_MODEL = "rag"
 SYSTEM_PROMPT = (

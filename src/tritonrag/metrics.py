@@ -18,6 +18,7 @@ class Family:
     name: str
     kind: str
     doc: str
+    buckets: tuple[float, ...] = ()  # a histogram's upper bounds; empty: LATENCY_BUCKETS
 
 
 # Engine (backends/tritonrag_llm), labelled by model and version; named after vLLM's where the meaning is the same.
@@ -53,7 +54,59 @@ LATENCY_BUCKETS = (
     *(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0),
 )
 
-# Router (model_repository/generator_router), labelled by model, version and mode or role.
+# The same engine, under the names vllm_backend exports (src/utils/metrics.py there), so that
+# dashboards built for vLLM on Triton read ours: same names, kinds, buckets and labels (model,
+# version). Prometheus allows ':' in names and Triton 2.51's custom metrics accept it
+# (tests/server/test_llm.py reads them back). `gpu_cache_usage_perc` is vllm_backend's name and
+# `kv_cache_usage_perc` vLLM v1's; both report the KV cache blocks in use, on any device.
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+_REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0)
+_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # vLLM's 1-2-5 series
+_STEP_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+VLLM_TTFT = Family("vllm:time_to_first_token_seconds", HISTOGRAM, "Time to first token in seconds", _TTFT_BUCKETS)
+VLLM_TPOT = Family(
+    "vllm:time_per_output_token_seconds", HISTOGRAM, "Time per output token (between tokens) in seconds", _TPOT_BUCKETS
+)
+VLLM_E2E = Family(
+    "vllm:e2e_request_latency_seconds", HISTOGRAM, "End to end request latency in seconds", _REQUEST_BUCKETS
+)
+VLLM_RUNNING = Family("vllm:num_requests_running", GAUGE, "Number of requests in the running batch")
+VLLM_WAITING = Family("vllm:num_requests_waiting", GAUGE, "Number of requests waiting to be processed")
+VLLM_GPU_CACHE_USAGE = Family("vllm:gpu_cache_usage_perc", GAUGE, "KV-cache usage. 1 means 100 percent usage")
+VLLM_KV_CACHE_USAGE = Family("vllm:kv_cache_usage_perc", GAUGE, "KV-cache usage. 1 means 100 percent usage")
+VLLM_PROMPT_TOKENS = Family("vllm:prompt_tokens_total", COUNTER, "Number of prefill tokens processed")
+VLLM_GENERATION_TOKENS = Family("vllm:generation_tokens_total", COUNTER, "Number of generation tokens processed")
+VLLM_PREEMPTIONS = Family("vllm:num_preemptions_total", COUNTER, "Cumulative number of preemptions")
+VLLM_ITERATION_TOKENS = Family(
+    "vllm:iteration_tokens_total", HISTOGRAM, "Number of tokens per engine step", _STEP_BUCKETS
+)
+VLLM_REQUEST_PROMPT_TOKENS = Family(
+    "vllm:request_prompt_tokens", HISTOGRAM, "Number of prefill tokens per finished request", _TOKEN_BUCKETS
+)
+VLLM_REQUEST_GENERATION_TOKENS = Family(
+    "vllm:request_generation_tokens", HISTOGRAM, "Number of generation tokens per finished request", _TOKEN_BUCKETS
+)
+VLLM_REQUEST_SUCCESS = Family("vllm:request_success_total", COUNTER, "Finished requests by finished_reason")
+
+VLLM_FAMILIES = (
+    VLLM_TTFT,
+    VLLM_TPOT,
+    VLLM_E2E,
+    VLLM_RUNNING,
+    VLLM_WAITING,
+    VLLM_GPU_CACHE_USAGE,
+    VLLM_KV_CACHE_USAGE,
+    VLLM_PROMPT_TOKENS,
+    VLLM_GENERATION_TOKENS,
+    VLLM_PREEMPTIONS,
+    VLLM_ITERATION_TOKENS,
+    VLLM_REQUEST_PROMPT_TOKENS,
+    VLLM_REQUEST_GENERATION_TOKENS,
+    VLLM_REQUEST_SUCCESS,
+)
+
+# Router (model_repository/llm, the public LLM), labelled by model, version and mode or role.
 ROUTER_REQUESTS = Family(
     "tritonrag_router_requests_total", COUNTER, "Requests routed, by version and mode (pinned, sticky, random, shadow)"
 )
@@ -100,3 +153,6 @@ ROLLOUT_DECISION = Family(
 # Triton's own per-model families, read by the canary CLI.
 TRITON_SUCCESS = "nv_inference_request_success"
 TRITON_FAILURE = "nv_inference_request_failure"
+# Triton's own latency quantiles, on with `--metrics-config summary_latencies=true` (triton/server.py).
+# Triton 2.51 has no `histogram_latencies` setting (later releases add nv_inference_first_response_histogram_ms).
+TRITON_REQUEST_SUMMARY = "nv_inference_request_summary_us"

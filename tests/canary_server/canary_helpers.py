@@ -11,12 +11,13 @@ from pathlib import Path
 import requests
 import tritonclient.grpc as grpcclient
 
+from tritonrag.defaults import GENERATOR_MODEL, LLM_MODEL
 from tritonrag.paths import MODEL_REPOSITORY
 from tritonrag.triton.canary import RoutingConfig, write_config
 from tritonrag_clients.canary import parse_metrics, total
 from tritonrag_clients.streaming import bytes_input, generator_inputs
 
-ROUTER = "generator_router"
+ROUTER = LLM_MODEL
 DEFAULT_SPLIT = RoutingConfig(stable_version=1, canary_version=2, canary_weight=0.0, shadow_weight=0.0)
 SEED = 20261123
 
@@ -25,7 +26,7 @@ def build_repository(root: Path, weights_file: Path) -> Path:
     repo = root / "model_repository"
     repo.mkdir(parents=True)
     for model in sorted(p.parent for p in MODEL_REPOSITORY.glob("*/config.pbtxt")):
-        if model.name not in ("generator", ROUTER):
+        if model.name not in (GENERATOR_MODEL, ROUTER):
             (repo / model.name).symlink_to(model, target_is_directory=True)
     router = (MODEL_REPOSITORY / ROUTER / "config.pbtxt").read_text()
     router = router.replace("${TRITONRAG_ARTIFACTS}/canary.json", str(weights_file))
@@ -115,8 +116,9 @@ class Streams:
             target.text += "".join(t.decode() for t in result.as_numpy("text_output").reshape(-1))
         if "finish_reason" in names:
             target.finish_reason = result.as_numpy("finish_reason").reshape(-1)[0].decode()
-        if "num_output_tokens" in names:
-            target.num_output_tokens = int(result.as_numpy("num_output_tokens").reshape(-1)[0])
+        if "num_output_tokens" in names:  # per response (vllm_backend's meaning): add them up
+            count = int(result.as_numpy("num_output_tokens").reshape(-1)[0])
+            target.num_output_tokens = (target.num_output_tokens or 0) + count
         final = response.parameters.get("triton_final_response")
         if final is not None and final.bool_param:
             target.done.set()

@@ -1,6 +1,6 @@
 """The canary tests' own tritonserver (one per module): whole pipeline, temporary weights file, seeded router.
 
-The repository is the real one, except that generator_router reads its weights from a
+The repository is the real one, except that the router (`llm`) reads its weights from a
 temporary file and draws from a seeded generator (keyless splits are reproducible), and
 generator version 2 runs in bfloat16 (a precision canary: its per-version override is
 checked in the server's log).

@@ -156,7 +156,7 @@ def test_pinning_an_unknown_version_is_a_clear_error(server, streams):
     )
     assert "model_version must be a positive integer" in streams.one(router_inputs(pin="latest")).error
     body = {"text_input": "hi", "model_version": "7"}
-    response = requests.post(f"http://{server.http_url}/v2/models/generator_router/generate", json=body, timeout=60)
+    response = requests.post(f"http://{server.http_url}/v2/models/{ROUTER}/generate", json=body, timeout=60)
     assert response.status_code == 400 and response.json()["error"] == expected  # INVALID_ARG
     assert streams.one(router_inputs()).version == 1, "the server keeps serving"
 
@@ -165,7 +165,7 @@ def test_errors_of_the_chosen_version_reach_the_caller(server, streams):
     result = streams.one(router_inputs(sampling={"temperature": -1}))
     assert result.error and "temperature must be >= 0" in result.error
     body = {"text_input": "hi", "sampling_parameters": json.dumps({"top_p": 0})}
-    response = requests.post(f"http://{server.http_url}/v2/models/generator_router/generate", json=body, timeout=60)
+    response = requests.post(f"http://{server.http_url}/v2/models/{ROUTER}/generate", json=body, timeout=60)
     assert response.status_code == 400 and "top_p" in response.json()["error"]
 
 

@@ -1,4 +1,4 @@
-"""The `generator` model (our tritonrag_llm backend) through a real tritonserver."""
+"""Our tritonrag_llm backend (the `generator` versions) through a real tritonserver, called as clients do: via `llm`."""
 
 import re
 import threading
@@ -7,6 +7,7 @@ import time
 import pytest
 import requests
 
+from tritonrag.defaults import LLM_MODEL
 from tritonrag.paths import generator_weights_dir
 from tritonrag_clients.streaming import StreamingClient, collect, generator_inputs
 
@@ -57,7 +58,7 @@ def hf_greedy():
 
 def run(server, prompt, sampling, stream=True):
     with StreamingClient(server.grpc_url) as client:
-        events = list(client.stream("generator", generator_inputs(prompt, sampling, stream)))
+        events = list(client.stream(LLM_MODEL, generator_inputs(prompt, sampling, stream)))
     return events
 
 
@@ -72,7 +73,7 @@ def test_greedy_matches_hugging_face(server, hf_greedy):
 def test_non_streaming_sends_one_response(server):
     events = run(server, PROMPTS[1], {"max_tokens": 12}, stream=False)
     with_text = [e for e in events if e.text]
-    assert len(with_text) == 1 and events[-1].final and events[-1].finish_reason == "length"
+    assert len(with_text) == 1 and with_text[0].finish_reason == "length" and events[-1].final
 
 
 def test_concurrent_streams_and_cancellation(server):
@@ -86,7 +87,7 @@ def test_concurrent_streams_and_cancellation(server):
 
     threads = [threading.Thread(target=worker, args=(p,)) for p in PROMPTS]
     victim = StreamingClient(server.grpc_url)
-    request_id = victim.send("generator", generator_inputs(PROMPTS[0], {"max_tokens": 1000, "ignore_eos": True}))
+    request_id = victim.send(LLM_MODEL, generator_inputs(PROMPTS[0], {"max_tokens": 1000, "ignore_eos": True}))
     for t in threads:
         t.start()
     received = 0
@@ -139,5 +140,5 @@ def test_shared_prefix_hits_the_cache(server):
 
 def test_invalid_sampling_parameters_are_400_over_http(server):
     body = {"text_input": "hi", "sampling_parameters": '{"temperature": -1}'}
-    response = requests.post(f"http://{server.http_url}/v2/models/generator/generate", json=body, timeout=60)
+    response = requests.post(f"http://{server.http_url}/v2/models/{LLM_MODEL}/generate", json=body, timeout=60)
     assert response.status_code == 400 and "temperature must be >= 0" in response.json()["error"]

@@ -8,7 +8,7 @@ import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tritonrag.defaults import MAX_QUERY_CHARS
+from tritonrag.defaults import LLM_MODEL, MAX_QUERY_CHARS
 from tritonrag_clients.streaming import StreamingClient, bytes_input, collect, rag_inputs
 
 GREEDY_SHORT = {"max_tokens": 24, "temperature": 0}
@@ -139,8 +139,8 @@ def test_server_keeps_serving_after_errors(client):
     assert text and sources and last.final
 
 
-def test_generator_rejects_bad_text_input(client):
-    error = list(client.stream("generator", [bytes_input("text_input", b"\xff\xfe")]))[-1].error
+def test_llm_rejects_bad_text_input(client):
+    error = list(client.stream(LLM_MODEL, [bytes_input("text_input", b"\xff\xfe")]))[-1].error
     assert isinstance(error, InferenceServerException) and "UTF-8" in error.message()
 
 

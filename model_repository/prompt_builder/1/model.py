@@ -2,6 +2,9 @@
 
 import json
 
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
 from tritonrag.retrieval.prompt import PromptBuilder
 from tritonrag.triton import io as triton_io
 
@@ -17,4 +20,6 @@ class TritonPythonModel:
         query = triton_io.str_input(request, "query_text")
         passages = json.loads(triton_io.str_input(request, "passages"))
         prompt, sources = self.builder.build_with_sources(query, passages)
-        return [triton_io.bytes_tensor("text_input", prompt), triton_io.bytes_tensor("sources", sources)]
+        # The LLM's `stream` flag (vllm_backend's default is false): rag always streams its answer.
+        stream = pb_utils.Tensor("stream", np.array([True]))
+        return [triton_io.bytes_tensor("text_input", prompt), triton_io.bytes_tensor("sources", sources), stream]

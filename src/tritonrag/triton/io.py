@@ -36,6 +36,16 @@ def artifact_parameter(args: dict, key: str) -> Path:
     return resolve_artifact(params[key], repository_root(args))
 
 
+def input_reader(request) -> Callable[[str], np.ndarray | None]:
+    """Read a request's input tensors by name as numpy arrays (None when absent): what vllm_interface parses."""
+
+    def read(name: str) -> np.ndarray | None:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        return None if tensor is None else tensor.as_numpy()
+
+    return read
+
+
 def _single(request, name: str, required: bool):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:

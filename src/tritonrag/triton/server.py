@@ -126,6 +126,10 @@ class TritonServer:
             "--allow-metrics=true",
             "--allow-cpu-metrics=true",
             "--allow-gpu-metrics=false",
+            # Triton's own latency distributions per model: quantile summaries (nv_inference_*_summary_us)
+            # in 2.51; histograms (nv_inference_first_response_histogram_ms) from 2.52, which 2.51 ignores.
+            "--metrics-config=summary_latencies=true",
+            "--metrics-config=histogram_latencies=true",
             *self.extra_args,
         ]
 

@@ -1,7 +1,10 @@
-"""Triton adapter for canary routing (logic: tritonrag.triton.canary): pick a generator version, stream it back.
+"""Triton adapter for the public LLM, `llm` (logic: tritonrag.triton.canary, tritonrag.triton.vllm_interface).
 
-`execute` routes each request on Triton's thread (so a seeded router draws in arrival
-order) and hands it to a worker that calls the chosen generator version with a decoupled
+It speaks vllm_backend's interface and sends each request to a generator version: the stable
+one unless the canary split or a pin says otherwise, and streams that version's responses back.
+`execute` reads each request (request parameters folded into the generator's input
+tensors, every flag explicit, since a BLS request carries tensors), routes it on Triton's
+thread (so a seeded router draws in arrival order) and hands it to a worker that calls the chosen generator version with a decoupled
 BLS request and forwards every response, adding `served_version`. Mirrors to the shadow
 version run on their own few workers, their output drained and dropped. Routing counters
 and the split in force are Triton custom metrics.
@@ -26,16 +29,18 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.triton import io as triton_io
 from tritonrag.triton.canary import RoutingConfig, WeightsFile, check_pin, choose, parse_pin
+from tritonrag.triton.vllm_interface import SOURCES_INPUT, read_request
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-PASSED_ON = ("text_input", "sampling_parameters", "stream", "sources")
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
-            raise pb_utils.TritonModelException("generator_router needs `model_transaction_policy { decoupled: true }`")
+            raise pb_utils.TritonModelException(
+                f"{args['model_name']} needs `model_transaction_policy {{ decoupled: true }}`"
+            )
         params = triton_io.model_parameters(args)
         self.target = params.get("target_model", "generator")
         default = RoutingConfig.from_parameters(params)  # the split while no weights file exists
@@ -57,7 +62,7 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                inputs = _copy_inputs(request)
+                inputs = _generator_inputs(request)
                 route = choose(
                     self.weights.current(),
                     triton_io.bytes_input(request, "routing_key", required=False),
@@ -132,9 +137,9 @@ class TritonPythonModel:
         try:
             for response in self._child(inputs, request_id + "-abort", version).exec(decoupled=True):
                 if response.has_error():
-                    pb_utils.Logger.log_warn(f"generator_router: abort of {request_id}: {response.error().message()}")
+                    pb_utils.Logger.log_warn(f"llm: abort of {request_id}: {response.error().message()}")
         except Exception as exc:  # noqa: BLE001 - the request then runs to its end, drained
-            pb_utils.Logger.log_warn(f"generator_router: abort of {request_id} failed: {exc}")
+            pb_utils.Logger.log_warn(f"llm: abort of {request_id} failed: {exc}")
         self.metrics.count("aborted", version, "cancel")
 
     def _mirror(self, inputs, request_id: str, version: int) -> None:
@@ -163,11 +168,11 @@ class TritonPythonModel:
             self.metrics.show_split(config)
             if config != shown:
                 shown = config
-                pb_utils.Logger.log_info(f"generator_router: split is {config.describe()}")
+                pb_utils.Logger.log_info(f"llm: split is {config.describe()}")
             if self.weights.error != reported:
                 reported = self.weights.error
                 if reported:
-                    pb_utils.Logger.log_error(f"generator_router: {reported}; keeping {config.describe()}")
+                    pb_utils.Logger.log_error(f"llm: {reported}; keeping {config.describe()}")
 
     def finalize(self):
         self.stopped.set()
@@ -175,13 +180,17 @@ class TritonPythonModel:
         self.shadows.shutdown(wait=True)
 
 
-def _copy_inputs(request) -> list:
-    """The generator's inputs as fresh tensors owned by this process (they outlive execute)."""
-    tensors = []
-    for name in PASSED_ON:
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        if tensor is not None:
-            tensors.append(pb_utils.Tensor(name, np.array(tensor.as_numpy(), copy=True)))
+def _generator_inputs(request) -> list:
+    """The generator's inputs as fresh tensors owned by this process (they outlive execute).
+
+    vllm_backend's inputs with request parameters folded in and every flag explicit (a
+    bad one is INVALID_ARG here), and the ensemble's sources passed through.
+    """
+    llm_request = read_request(triton_io.input_reader(request), request.parameters())
+    tensors = [pb_utils.Tensor(name, array) for name, array in llm_request.to_inputs().items()]
+    sources = pb_utils.get_input_tensor_by_name(request, SOURCES_INPUT.name)
+    if sources is not None:
+        tensors.append(pb_utils.Tensor(SOURCES_INPUT.name, np.array(sources.as_numpy(), copy=True)))
     return tensors
 
 
