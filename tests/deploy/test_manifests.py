@@ -148,8 +148,8 @@ def test_probes_use_triton_health_endpoints_on_a_declared_port(rendered):
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = c["startupProbe"]
-    # The startup budget covers the measured warm-up several times over (deployment.yaml states it).
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    # The startup budget covers the slowest measured warm-up (526 s on a loaded 2-core machine).
+    assert startup["periodSeconds"] * startup["failureThreshold"] > 526
 
 
 def test_service_and_servicemonitor_reach_the_pods(rendered):
@@ -242,7 +242,7 @@ def test_termination_grace_outlasts_the_drain(rendered):
     assert command[:3] == ["python3", "-m", drain.__name__]
     pre_stop = int(command[command.index("--max-wait") + 1])
     exit_timeout = int(env(docs)["TRITONRAG_EXIT_TIMEOUT"]["value"])
-    unload = 15  # measured: tritonserver unloads the repository in ~13 s after the last request (2-core CPU)
+    unload = 15  # measured: SIGTERM to exit 0 in 13 s with the whole repository, once drained (2-core CPU)
     assert pod["terminationGracePeriodSeconds"] > pre_stop + exit_timeout + unload
 
 
