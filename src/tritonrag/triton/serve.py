@@ -1,6 +1,6 @@
 """Run tritonserver on the model repository in the foreground; optionally ask one streamed question.
 
-python -m tritonrag.triton.serve [--demo "question"] [--exit-after-demo] [--grpc-port 8001 ...]
+python -m tritonrag.triton.serve [--demo "question"] [--exit-after-demo] [--grpc-port 8001 ...] [--openai-port 9000]
                                 [--bind 0.0.0.0] [--exit-timeout 30]
 
 SIGTERM is passed on to tritonserver, which then shuts down as it does on its own SIGTERM (its HTTP
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,26 @@ def forward_sigterm(server: TritonServer) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def start_openai(server: TritonServer, host: str, port: int) -> subprocess.Popen | None:
+    """The OpenAI-compatible API and the ask page (`python -m tritonrag.openai`) in their own process."""
+    if not port:
+        return None
+    command = [sys.executable, "-m", "tritonrag.openai", "--triton-url", server.grpc_url, "--host", host]
+    return subprocess.Popen([*command, "--port", str(port)])
+
+
+def wait_openai(process: subprocess.Popen, port: int, timeout: float = 300.0) -> bool:
+    """True once the service accepts connections (uvicorn listens only after its start-up is done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
@@ -47,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--demo", default=None, help="a question to ask once the server is ready")
     parser.add_argument("--exit-after-demo", action="store_true")
+    parser.add_argument("--openai-port", type=int, default=9000, help="the OpenAI API and ask page (0: not started)")
     parser.add_argument("--bind", default="127.0.0.1", help="HTTP and gRPC address (0.0.0.0 in a container)")
     parser.add_argument(
         "--exit-timeout", type=int, default=30, help="seconds in-flight requests get after SIGTERM or Ctrl-C"
@@ -65,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     server.start(foreground=True)
     forward_sigterm(server)
     started = time.monotonic()
+    openai: subprocess.Popen | None = None
     try:
         server.wait_ready(timeout=600)
         print(f"\nserver ready in {time.monotonic() - started:.0f} s: every model loaded and warmed up", flush=True)
+        openai = None if args.exit_after_demo else start_openai(server, args.bind, args.openai_port)
         if args.demo:
             ask_demo(server, args.demo)
             if args.exit_after_demo:
@@ -78,10 +102,17 @@ def main(argv: list[str] | None = None) -> int:
             "Ctrl-C stops the server.",
             flush=True,
         )
+        if openai is not None and wait_openai(openai, args.openai_port):
+            base = f"http://127.0.0.1:{args.openai_port}"
+            print(
+                f"  OpenAI API  {base}/v1   (keys from TRITONRAG_API_KEYS, if set)\n  Ask page    {base}/", flush=True
+            )
         return server.process.wait()
     except KeyboardInterrupt:
         return 0
     finally:
+        if openai is not None:
+            openai.terminate()
         server.stop()
 
 
