@@ -30,9 +30,11 @@ Targets:
           serving-layer cost from transport cost. Not in the default targets.
   triton  The real tritonserver with only the `generator` model (a copy of
           model_repository/generator under artifacts/bench/, its engine settings set to
-          the in-process engine's), over gRPC streaming, one client thread and one stream
-          per concurrent request. ITL there is the gap between streamed responses (one
-          per engine step that produced printable text).
+          the in-process engine's), loaded by perf_analyzer 2.51 (Triton's standard tool,
+          `make perf-tools`) over gRPC streaming at `--concurrency-range c`, the workload as
+          its input data; the records come from its profile export (our own client threads,
+          one gRPC stream per concurrent request, when .venv-perf is missing). ITL there is
+          the gap between streamed responses (one per engine step that produced printable text).
   hf      transformers `model.generate()` with static batching: the requests, in order,
           in batches of `concurrency`; left padding + attention mask, greedy, and
           `max_new_tokens = min_new_tokens =` the batch's largest output length so that
