@@ -34,6 +34,7 @@ from tritonrag.triton.rollout import (
 )
 from tritonrag.triton.rollout_driver import RolloutDriver, begin, read_state, stop_by_hand
 from tritonrag.triton.shadow import Agreement, ShadowPair, compare, is_greedy
+from tritonrag_clients.rollout_view import render_rollout
 
 BUCKETS = metrics.LATENCY_BUCKETS
 LIMITS = Thresholds(min_samples=10)
@@ -389,3 +390,23 @@ def test_the_router_follows_a_configmap_through_the_kubelets_symlink_swap(tmp_pa
         configmap_update(mount, RoutingConfig(1, 2, weight), f"2026_01_01_00_0{i + 1}_00.{i}")
         assert weights.current() == RoutingConfig(1, 2, weight) and weights.error is None
     assert len([p for p in mount.iterdir() if p.name.startswith("..2026")]) == 1, "old folders are gone"
+
+
+# ---- what the CLI shows ----
+
+
+def test_status_view_shows_step_guards_and_last_decision(tmp_path):
+    path, server, clock = tmp_path / "canary.json", FakeServer(), Clock()
+    begin(path, RoutingConfig(1, 2), 2, PLAN, holder="cli@test")
+    run = driver(path, server, clock)
+    run.tick()
+    server.serve(1, 50)
+    server.serve(2, 15, failures=15, mode="shadow")
+    clock.now += 1
+    run.tick()
+    text = render_rollout(read_state(path)[1], now=clock.now)
+    assert text.startswith("rollout of version 2 over 1: rolled_back, step 1/5 (shadow)")
+    words = " ".join(text.split())
+    assert "guard state value limit detail error_rate trip 1 0.02 canary 15/15 = 1.000, limit 0.020" in words
+    assert "ttft_p95 wait - - waiting: 0/10 canary samples" in words
+    assert "last decision: (0 s ago" in text and "rollback at step shadow: error_rate trip" in text

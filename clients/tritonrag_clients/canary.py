@@ -1,22 +1,33 @@
-"""Show and change the generator's canary split: per-version traffic, errors and latency, set/promote/rollback.
+"""Show and change the generator's canary split: per-version traffic, errors and latency, set/promote/rollback/rollout.
 
     python -m tritonrag_clients.canary status [--interval 10]
     python -m tritonrag_clients.canary set --canary-weight 0.1 [--canary-version 2] [--stable-version 1] [--shadow 0.2]
     python -m tritonrag_clients.canary shadow 0.2
     python -m tritonrag_clients.canary promote
     python -m tritonrag_clients.canary rollback
+    python -m tritonrag_clients.canary rollout [--canary-version 2] [--steps shadow,5,25,50,100] [--window 300]
+                                               [--min-requests 100] [--detach | --resume]
 
-Changes are written to the router's weights file (`--file`, default
-`$TRITONRAG_ARTIFACTS/canary.json`, the path in the `llm` model's config.pbtxt), which the
-router re-reads on change: no restart, no reload, in-flight streams untouched. Before
+Changes are written to the router's weights file (`--file`, default $TRITONRAG_CANARY_FILE,
+else `$TRITONRAG_ARTIFACTS/canary.json`, the path in the `llm` model's config.pbtxt), which
+the router re-reads on change: no restart, no reload, in-flight streams untouched. Before
 writing, every version the new split names is checked to be ready on the server
 (`--no-check` skips it). `status` reads Triton's /metrics: the router's counters and the
-split in force, Triton's per-version counters and the engine's latency histograms.
+split in force, Triton's per-version counters and the engine's latency histograms, and the
+rollout in the weights file (step, guards, last decision).
+
+`rollout` moves the canary through the steps while its guards hold (tritonrag.triton.rollout)
+and rolls it back the moment one trips. In the foreground it drives the rollout itself from
+every `--metrics-url` (give each replica's), printing each decision; exit status 0 promoted,
+3 rolled back, 4 cancelled. `--detach` writes the first step and leaves the driving to the
+routers (their rollout mode); `--resume` drives a rollout already in the file. A manual
+set/shadow/promote/rollback cancels a running rollout.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,8 +37,12 @@ import requests
 from tritonrag import metrics
 from tritonrag.defaults import GENERATOR_MODEL, LLM_MODEL
 from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir
-from tritonrag.triton.canary import RoutingConfig, promote, read_config, rollback, set_split, write_config
-from tritonrag_clients.prom import Samples, parse_metrics, quantile, total
+from tritonrag.triton.canary import CANARY_FILE_ENV, RoutingConfig, promote, read_config, rollback, set_split
+from tritonrag.triton.guards import Thresholds
+from tritonrag.triton.rollout import HOLD, PROMOTED, ROLLED_BACK, RolloutPlan, parse_steps
+from tritonrag.triton.rollout_driver import RolloutDriver, begin, driver_id, read_state, stop_by_hand
+from tritonrag_clients.prom import Samples, parse_metrics, quantile, scrape, total  # noqa: F401 - parse_metrics: tests
+from tritonrag_clients.rollout_view import render_decision, render_guards, render_rollout
 
 ROUTER = LLM_MODEL  # the public LLM routes between the generator's versions
 
@@ -111,7 +126,8 @@ def render_status(config: RoutingConfig, source: str, rows: list[dict], window: 
 
 
 def default_file() -> Path:
-    return artifacts_dir() / "canary.json"
+    override = os.environ.get(CANARY_FILE_ENV, "").strip()
+    return Path(override) if override else artifacts_dir() / "canary.json"
 
 
 def router_defaults(http_url: str) -> RoutingConfig:
@@ -153,11 +169,115 @@ def check_ready(config: RoutingConfig, http_url: str, model: str = GENERATOR_MOD
             raise SystemExit(f"{model} version {version} is not ready on {http_url}; not writing (--no-check skips)")
 
 
+# ---- rollout -----------------------------------------------------------------------------------------
+
+EXIT = {PROMOTED: 0, ROLLED_BACK: 3}  # any other end (cancelled): 4
+
+
+def add_rollout_parser(commands) -> None:
+    rollout = commands.add_parser("rollout", help="guarded rollout: shadow -> 5%% -> ... -> promoted, or rolled back")
+    rollout.add_argument("--canary-version", type=int, default=None, help="default: the split's canary version")
+    rollout.add_argument("--steps", default="shadow,5,25,50,100", help="'shadow[:share]' and percentages, in order")
+    rollout.add_argument("--window", type=float, default=300.0, help="seconds each step is held at least")
+    rollout.add_argument("--min-requests", type=int, default=100, help="canary requests each step needs at least")
+    rollout.add_argument("--interval", type=float, default=5.0, help="seconds between guard evaluations")
+    defaults = Thresholds()
+    for name in ("max_error_rate_increase", "max_latency_ratio", "latency_slack_s", "min_exact_match"):
+        rollout.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    rollout.add_argument("--max-length-ratio", type=float, default=defaults.max_length_ratio)
+    rollout.add_argument("--min-samples", type=int, default=defaults.min_samples, help="before a guard may judge")
+    mode = rollout.add_mutually_exclusive_group()
+    mode.add_argument("--detach", action="store_true", help="write the first step; the routers drive the rest")
+    mode.add_argument("--resume", action="store_true", help="drive the rollout already running in the file")
+    rollout.add_argument("--timeout", type=float, default=None, help="stop driving after this many seconds")
+
+
+def plan_from(args) -> RolloutPlan:
+    names = ("max_error_rate_increase", "max_latency_ratio", "latency_slack_s", "min_exact_match")
+    limits = Thresholds(
+        **{name: getattr(args, name) for name in names},
+        max_length_ratio=args.max_length_ratio,
+        min_samples=args.min_samples,
+    )
+    return RolloutPlan(parse_steps(args.steps), args.window, args.min_requests, args.interval, limits)
+
+
+def run_rollout(args, path: Path, config: RoutingConfig) -> int:
+    """Start (or resume) a rollout and, unless detached, drive it to its end, printing each decision."""
+    holder = driver_id("cli")
+    if args.resume:
+        state = read_state(path)[1] if path.exists() else None
+        if state is None or not state.running:
+            print(f"error: no running rollout in {path}", file=sys.stderr)
+            return 1
+    else:
+        canary = args.canary_version or config.canary_version
+        if canary is None:
+            print("error: no canary version: give --canary-version", file=sys.stderr)
+            return 1
+        if not args.no_check:
+            check_ready(RoutingConfig(config.stable_version, canary), args.http_url)
+        state = begin(path, config, canary, plan_from(args), None if args.detach else holder)
+    print(state.describe())
+    if args.detach:
+        print(f"written to {path}; the routers drive it (`canary status` shows its progress)")
+        return 0
+    final = drive(path, holder, args.metrics_url or [DEFAULT_METRICS_URL], state.started_at, args.timeout)
+    if final is None or final.running:
+        print("stopped driving; the rollout stays at its step (resume with --resume)")
+        return 1
+    print(f"{final.status}: {final.describe()}")
+    return EXIT.get(final.status, 4)
+
+
+def drive(path: Path, holder: str, urls: list[str], start: float, timeout: float | None):
+    """Drive the rollout in the foreground; print each decision with its guards, and the held steps now and then."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = {"hold": 0.0}
+
+    def show(decision) -> None:
+        if decision is None:
+            return
+        if decision.action != HOLD:
+            print(render_decision(decision, start))
+            print("\n".join(render_guards(decision.guards, indent="    ")))
+            _, state = read_state(path)
+            if state is not None and state.running:
+                print(f"[{time.time() - start:7.1f}s] step {state.current.name}: {read_config(path).describe()}")
+        elif time.monotonic() - shown["hold"] >= 10.0:
+            shown["hold"] = time.monotonic()
+            print(render_decision(decision, start))
+        sys.stdout.flush()
+
+    driver = RolloutDriver(path, lambda: scrape(urls), holder, log=lambda line: None)
+    stop = (lambda: False) if deadline is None else (lambda: time.monotonic() > deadline)
+    return driver.run(stop=stop, on_tick=show)
+
+
+DEFAULT_METRICS_URL = "http://127.0.0.1:8002/metrics"
+
+
+def show_status(args, path: Path, config: RoutingConfig, source: str) -> int:
+    urls = args.metrics_url or [DEFAULT_METRICS_URL]
+    before = scrape(urls)
+    samples = before
+    if args.interval:
+        time.sleep(args.interval)
+        samples = delta(scrape(urls), before)
+    print(render_status(config, source, version_rows(samples), args.interval))
+    state = read_state(path)[1] if path.exists() else None
+    if state is not None:
+        print(render_rollout(state))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tritonrag_clients.canary", description=__doc__.splitlines()[0])
     parser.add_argument("--file", type=Path, default=None, help="the router's weights file")
     parser.add_argument("--http-url", default="127.0.0.1:8000", help="Triton HTTP address")
-    parser.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics")
+    parser.add_argument(
+        "--metrics-url", action="append", help=f"/metrics of a replica (repeat for each; default {DEFAULT_METRICS_URL})"
+    )
     parser.add_argument("--no-check", action="store_true", help="write without checking versions are ready")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="the split and per-version traffic, errors, latency")
@@ -171,19 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     shadow.add_argument("weight", type=float)
     commands.add_parser("promote", help="the canary becomes stable and takes all traffic")
     commands.add_parser("rollback", help="canary (and shadow) weight to 0")
+    add_rollout_parser(commands)
     args = parser.parse_args(argv)
 
     path = args.file or default_file()
     try:
         config, source = current_split(path, args.http_url)
         if args.command == "status":
-            before = parse_metrics(requests.get(args.metrics_url, timeout=10).text)
-            samples = before
-            if args.interval:
-                time.sleep(args.interval)
-                samples = delta(parse_metrics(requests.get(args.metrics_url, timeout=10).text), before)
-            print(render_status(config, source, version_rows(samples), args.interval))
-            return 0
+            return show_status(args, path, config, source)
+        if args.command == "rollout":
+            return run_rollout(args, path, config)
         if args.command == "set":
             new = set_split(
                 config,
@@ -203,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not args.no_check:
         check_ready(new, args.http_url)
-    write_config(path, new)
+    stop_by_hand(path, new, f"canary {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"was: {config.describe()}\nnow: {new.describe()}  (written to {path})")
     return 0
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
 from tritonrag.defaults import GENERATOR_MODEL, LLM_MODEL
-from tritonrag.paths import MODEL_REPOSITORY
+from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_dir, index_dir
+from tritonrag.retrieval.docstore import DocStore
+from tritonrag.retrieval.prompt import PromptBuilder
 from tritonrag.triton.canary import RoutingConfig, write_config
+from tritonrag.triton.server import TritonServer
 from tritonrag_clients.canary import parse_metrics, total
 from tritonrag_clients.streaming import bytes_input, generator_inputs
 
@@ -22,25 +28,100 @@ DEFAULT_SPLIT = RoutingConfig(stable_version=1, canary_version=2, canary_weight=
 SEED = 20261123
 
 
-def build_repository(root: Path, weights_file: Path) -> Path:
+def build_repository(
+    root: Path,
+    weights_file: Path,
+    metrics_port: int,
+    versions: dict[int, dict[str, str]] | None = None,
+    pipeline: bool = True,
+) -> Path:
+    """The real repository with the router reading `weights_file`, drawing from a seeded generator and
+    driving rollouts from this server's /metrics; `versions` are the generator's versions and their
+    own `v<N>:` settings (default 1 and 2 as configured); `pipeline` False keeps only llm and generator."""
+    versions = versions or {1: {}, 2: {}}
     repo = root / "model_repository"
     repo.mkdir(parents=True)
     for model in sorted(p.parent for p in MODEL_REPOSITORY.glob("*/config.pbtxt")):
-        if model.name not in (GENERATOR_MODEL, ROUTER):
+        if pipeline and model.name not in (GENERATOR_MODEL, ROUTER):
             (repo / model.name).symlink_to(model, target_is_directory=True)
     router = (MODEL_REPOSITORY / ROUTER / "config.pbtxt").read_text()
     router = router.replace("${TRITONRAG_ARTIFACTS}/canary.json", str(weights_file))
     router = re.sub(r'(key: "random_seed" value: \{ string_value: )""', rf'\1"{SEED}"', router)
-    assert str(weights_file) in router and str(SEED) in router
+    router = router.replace("http://127.0.0.1:8002/metrics", f"http://127.0.0.1:{metrics_port}/metrics")
+    assert str(weights_file) in router and str(SEED) in router and f":{metrics_port}/" in router
     (repo / ROUTER).mkdir()
     (repo / ROUTER / "config.pbtxt").write_text(router)
     (repo / ROUTER / "1").symlink_to(MODEL_REPOSITORY / ROUTER / "1", target_is_directory=True)
-    generator = (MODEL_REPOSITORY / "generator" / "config.pbtxt").read_text()
-    generator += 'parameters { key: "v2:dtype" value: { string_value: "bfloat16" } }\n'
-    for version in ("1", "2"):
-        (repo / "generator" / version).mkdir(parents=True)
-    (repo / "generator" / "config.pbtxt").write_text(generator)
+    generator = (MODEL_REPOSITORY / GENERATOR_MODEL / "config.pbtxt").read_text()
+    listed = ", ".join(str(v) for v in sorted(versions))
+    generator, found = re.subn(r"versions: \[[^\]]*\]", f"versions: [ {listed} ]", generator)
+    assert found == 1, "the generator's version_policy lists its versions"
+    for version, settings in versions.items():
+        (repo / GENERATOR_MODEL / str(version)).mkdir(parents=True)
+        for key, value in settings.items():
+            generator += f'parameters {{ key: "v{version}:{key}" value: {{ string_value: "{value}" }} }}\n'
+    (repo / GENERATOR_MODEL / "config.pbtxt").write_text(generator)
     return repo
+
+
+def skip_without_artifacts() -> None:
+    need = (generator_weights_dir() / "model.safetensors", index_dir() / "faiss.index", index_dir() / "docstore.sqlite")
+    missing = [p for p in need if not p.exists()]
+    if missing:
+        pytest.skip(f"artifacts missing ({', '.join(map(str, missing))}): run `make setup` first")
+
+
+READY_TIMEOUT = 900.0  # four generator engines warming up on two busy cores took over five minutes
+
+
+def start_server(root: Path, weights_file: Path, log_name: str, **repository) -> TritonServer:
+    """A tritonserver on free ports over `build_repository(...)`, not started (see `running`)."""
+    instance = TritonServer.on_free_ports(log_path=artifacts_dir() / "logs" / log_name)
+    instance.model_repository = build_repository(root, weights_file, instance.metrics_port, **repository)
+    return instance
+
+
+@contextmanager
+def running(*servers: TritonServer) -> Iterator[list[TritonServer]]:
+    """Start the servers at once, wait until each is ready (a generous limit), stop them all at the end."""
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready(READY_TIMEOUT)
+        yield list(servers)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+QUESTIONS = [
+    "How do I read a file line by line?",
+    "What does the with statement do?",
+    "How do I sort a list of dictionaries by a key?",
+    "What is a generator expression?",
+    "How do I parse JSON from a string?",
+    "What is the difference between a list and a tuple?",
+    "How do I start a thread and wait for it?",
+    "How are exceptions chained with raise from?",
+]
+
+
+def rag_prompts(count: int = 4, passages: int = 5) -> list[str]:
+    """RAG-length prompts without the pipeline: the prompt builder's template over corpus passages
+    (the same shape `rag` sends the LLM: system prompt, numbered passages, question)."""
+    builder = PromptBuilder(generator_weights_dir())
+    store = DocStore(index_dir() / "docstore.sqlite", readonly=True)
+    try:
+        total = store.count()
+        prompts = []
+        for i, question in enumerate(QUESTIONS[:count]):
+            ids = [(97 * (i * passages + j) + 13) % total for j in range(passages)]
+            chosen = [{**vars(p), "score": 1.0} for p in store.get(ids)]
+            prompts.append(builder.build(question, chosen))
+        return prompts
+    finally:
+        store.close()
 
 
 def set_split(path: Path, **values) -> RoutingConfig:
@@ -73,6 +154,7 @@ class Result:
     versions: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    num_input_tokens: int | None = None
     num_output_tokens: int | None = None
     error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -116,6 +198,8 @@ class Streams:
             target.text += "".join(t.decode() for t in result.as_numpy("text_output").reshape(-1))
         if "finish_reason" in names:
             target.finish_reason = result.as_numpy("finish_reason").reshape(-1)[0].decode()
+        if "num_input_tokens" in names:
+            target.num_input_tokens = int(result.as_numpy("num_input_tokens").reshape(-1)[0])
         if "num_output_tokens" in names:  # per response (vllm_backend's meaning): add them up
             count = int(result.as_numpy("num_output_tokens").reshape(-1)[0])
             target.num_output_tokens = (target.num_output_tokens or 0) + count
@@ -165,3 +249,41 @@ def wait_for(condition, timeout: float = 30.0) -> bool:
 
 def versions_of(results: list[Result]) -> list[int]:
     return [r.version for r in results]
+
+
+class Load:
+    """Keeps `concurrency` keyed requests (each key new, so keys spread by the split) in flight through the
+    router until stopped, cycling over `prompts`; every result is kept, in order."""
+
+    def __init__(self, url: str, prompts: list[str], sampling: dict, concurrency: int = 4) -> None:
+        self.streams = Streams(url)
+        self.prompts, self.sampling, self.concurrency = prompts, sampling, concurrency
+        self.results: list[Result] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="load", daemon=True)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        in_flight: list[Result] = []
+        while not self.stopped.is_set():
+            in_flight = [r for r in in_flight if not r.done.is_set()]
+            while len(in_flight) < self.concurrency:
+                n = len(self.results)
+                result = self.streams.send(
+                    router_inputs(self.prompts[n % len(self.prompts)], self.sampling, key=f"load-{n}")
+                )
+                self.results.append(result)
+                in_flight.append(result)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.streams.wait(self.results, timeout=300)
+        self.streams.close()
+
+    def errors(self) -> list[str]:
+        return [r.error for r in self.results if r.error] + self.streams.stray_errors

@@ -1,22 +1,25 @@
 """The canary tests' own tritonserver (one per module): whole pipeline, temporary weights file, seeded router.
 
-The repository is the real one, except that the router (`llm`) reads its weights from a
-temporary file and draws from a seeded generator (keyless splits are reproducible), and
-generator version 2 runs in bfloat16 (a precision canary: its per-version override is
-checked in the server's log).
+The repository is the real one, except that the `llm` router reads its weights from a
+temporary file, draws from a seeded generator (keyless splits are reproducible) and drives
+rollouts from this server's own /metrics port. Generator version 2 is the configured canary:
+the same weights on ONNX Runtime (checked in the server's log). A module may override
+`server` (test_rollout.py adds broken versions to a repository without the pipeline).
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
-from canary_helpers import DEFAULT_SPLIT, Streams, build_repository
+from canary_helpers import DEFAULT_SPLIT, Streams, running, skip_without_artifacts, start_server
 
-from tritonrag.paths import artifacts_dir, generator_weights_dir, index_dir
 from tritonrag.triton.canary import write_config
-from tritonrag.triton.server import TritonServer
+
+# tests/ itself: test_replicas.py reuses the ConfigMap update of tests/test_rollout.py (the weights-file unit tests).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def pytest_collection_modifyitems(items):
@@ -32,19 +35,12 @@ def weights_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, weights_file):
-    missing = [
-        p for p in (generator_weights_dir() / "model.safetensors", index_dir() / "faiss.index") if not p.exists()
-    ]
-    if missing:
-        pytest.skip(f"artifacts missing ({', '.join(map(str, missing))}): run `make setup` first")
+    skip_without_artifacts()
     write_config(weights_file, DEFAULT_SPLIT)
-    repo = build_repository(tmp_path_factory.mktemp("repo"), weights_file)
-    instance = TritonServer.on_free_ports(
-        model_repository=repo, log_path=artifacts_dir() / "logs" / "canary-server.log"
-    )
-    with instance:
+    root = tmp_path_factory.mktemp("repo")
+    with running(start_server(root, weights_file, "canary-server.log")) as (instance,):
         yield instance
-    shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,12 @@ one unless the canary split or a pin says otherwise, and streams that version's 
 tensors, every flag explicit, since a BLS request carries tensors), routes it on Triton's
 thread (so a seeded router draws in arrival order) and hands it to a worker that calls the chosen generator version with a decoupled
 BLS request and forwards every response, adding `served_version`. Mirrors to the shadow
-version run on their own few workers, their output drained and dropped. Routing counters
-and the split in force are Triton custom metrics.
+version run on their own few workers, their output dropped; for a greedy request the mirror's
+text is compared with the primary's (tritonrag.triton.shadow). Routing counters, the split
+in force, shadow agreement and the rollout in the weights file are Triton custom metrics
+(tritonrag.triton.router_metrics). With `rollout_driver` on, a thread of this router drives
+a guarded rollout found in the weights file (tritonrag.triton.rollout_driver), scraping its
+own server's /metrics; several replicas share the work through the file's lock and lease.
 
 A caller that cancels has its stream ended at once. This Python backend (Triton 2.51) has
 no way to cancel a BLS request it started, so the router names each generator request
@@ -28,7 +32,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.triton import io as triton_io
-from tritonrag.triton.canary import RoutingConfig, WeightsFile, check_pin, choose, parse_pin
+from tritonrag.triton.canary import RoutingConfig, WeightsFile, canary_file_path, check_pin, choose, parse_pin
+from tritonrag.triton.prom import scrape
+from tritonrag.triton.rollout import RolloutState
+from tritonrag.triton.rollout_driver import RolloutDriver, drive_until, driver_id, metrics_url
+from tritonrag.triton.router_metrics import RouterMetrics
+from tritonrag.triton.shadow import ShadowPair, is_greedy
 from tritonrag.triton.vllm_interface import SOURCES_INPUT, read_request
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -44,7 +53,13 @@ class TritonPythonModel:
         params = triton_io.model_parameters(args)
         self.target = params.get("target_model", "generator")
         default = RoutingConfig.from_parameters(params)  # the split while no weights file exists
-        self.weights = WeightsFile(triton_io.artifact_parameter(args, "weights_file"), default)
+        # $TRITONRAG_CANARY_FILE wins (a mounted ConfigMap); the path is kept unresolved (tritonrag.triton.canary)
+        self.weights = WeightsFile(
+            canary_file_path(
+                params.get("weights_file", "${TRITONRAG_ARTIFACTS}/canary.json"), triton_io.repository_root(args)
+            ),
+            default,
+        )
         seed = params.get("random_seed", "").strip()
         self.rng = random.Random(int(seed) if seed else None)
         self.outputs = [o["name"] for o in config["output"] if o["name"] != "served_version"]
@@ -57,6 +72,16 @@ class TritonPythonModel:
         self.stopped = threading.Event()
         self.watcher = threading.Thread(target=self._watch_weights, name="weights", daemon=True)
         self.watcher.start()
+        if params.get("rollout_driver", "false").strip().lower() == "true":
+            self._start_driver(metrics_url(params.get("metrics_url", "http://127.0.0.1:8002/metrics")))
+
+    def _start_driver(self, url: str) -> None:
+        """This replica's share of driving a guarded rollout (one driver holds the lease at a time)."""
+        driver = RolloutDriver(
+            self.weights.path, lambda: scrape([url]), driver_id("router"), self.target, pb_utils.Logger.log_info
+        )
+        thread = threading.Thread(target=drive_until, args=(driver, self.stopped), name="rollout", daemon=True)
+        thread.start()
 
     def execute(self, requests):
         for request in requests:
@@ -76,10 +101,18 @@ class TritonPythonModel:
             # Unique per generator request, so that an abort names exactly this one.
             request_id = f"{request.request_id() or 'route'}@{uuid.uuid4().hex[:12]}"
             self.metrics.count("requests", route.version, route.mode)
-            self.streams.submit(self._forward, request, sender, inputs, request_id, route.version, route.mode)
+            pair = self._pair(inputs, route.shadow) if route.shadow is not None else None
+            self.streams.submit(self._forward, request, sender, inputs, request_id, route.version, route.mode, pair)
             if route.shadow is not None:
-                self._mirror(inputs, request_id + "-shadow", route.shadow)
+                self._mirror(inputs, request_id + "-shadow", route.shadow, pair)
         return None
+
+    def _pair(self, inputs, version: int) -> ShadowPair | None:
+        """Where a greedy request's two outputs meet to be compared (None: not greedy, nothing to compare)."""
+        sampling = next((t for t in inputs if t.name() == "sampling_parameters"), None)
+        if not is_greedy(None if sampling is None else sampling.as_numpy().reshape(-1)[0]):
+            return None
+        return ShadowPair(lambda agreement: self.metrics.count_agreement(version, agreement))
 
     def _pin(self, request) -> int | None:
         pin = parse_pin(triton_io.bytes_input(request, "model_version", required=False))
@@ -97,10 +130,11 @@ class TritonPythonModel:
             request_id=request_id,
         )
 
-    def _forward(self, request, sender, inputs, request_id: str, version: int, mode: str) -> None:
-        """Stream the chosen version's responses to the caller; its error ends the stream."""
+    def _forward(self, request, sender, inputs, request_id: str, version: int, mode: str, pair=None) -> None:
+        """Stream the chosen version's responses to the caller; its error ends the stream.
+        With a shadow `pair`, the whole text goes to it when the stream ended well (None otherwise)."""
         served = pb_utils.Tensor("served_version", np.array([version], dtype=np.int32))
-        cancelled = False
+        cancelled, texts = False, []
         try:
             for response in self._child(inputs, request_id, version).exec(decoupled=True):
                 if response.has_error():
@@ -110,6 +144,7 @@ class TritonPythonModel:
                         pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code())),
                         flags=FINAL,
                     )
+                    texts = None
                     return
                 if cancelled or not response.output_tensors():
                     continue
@@ -120,13 +155,19 @@ class TritonPythonModel:
                     sender.send(flags=FINAL)
                     self._abort(request_id, version)
                     continue
+                if pair is not None:
+                    texts.append(_text(response))
                 sender.send(pb_utils.InferenceResponse(output_tensors=response.output_tensors() + [served]))
             if not cancelled:
                 sender.send(flags=FINAL)
         except Exception as exc:  # noqa: BLE001
+            texts = None
             self.metrics.count("failures", version, mode)
             if not cancelled:
                 sender.send(triton_io.error_response(exc), flags=FINAL)
+        finally:
+            if pair is not None:
+                pair.primary_done(None if cancelled or texts is None else "".join(texts))
 
     def _abort(self, request_id: str, version: int) -> None:
         """Tell the generator version to drop `request_id` (frees its KV blocks within a step)."""
@@ -142,30 +183,38 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"llm: abort of {request_id} failed: {exc}")
         self.metrics.count("aborted", version, "cancel")
 
-    def _mirror(self, inputs, request_id: str, version: int) -> None:
+    def _mirror(self, inputs, request_id: str, version: int, pair: ShadowPair | None) -> None:
         if not self.shadow_slots.acquire(blocking=False):
             self.metrics.count("shadow_skipped", version, "shadow")
             return
         self.metrics.count("requests", version, "shadow")
-        self.shadows.submit(self._shadow, inputs, request_id, version)
+        self.shadows.submit(self._shadow, inputs, request_id, version, pair)
 
-    def _shadow(self, inputs, request_id: str, version: int) -> None:
-        """Run the mirror to its end and drop its output; the generator records its metrics."""
+    def _shadow(self, inputs, request_id: str, version: int, pair: ShadowPair | None) -> None:
+        """Run the mirror to its end; its text goes only to `pair` (compared with the primary's)."""
+        texts = []
         try:
             for response in self._child(inputs, request_id, version).exec(decoupled=True):
                 if response.has_error():
                     self.metrics.count("failures", version, "shadow")
+                    texts = None
+                    break
+                texts.append(_text(response))
         except Exception:  # noqa: BLE001
+            texts = None
             self.metrics.count("failures", version, "shadow")
         finally:
             self.shadow_slots.release()
+            if pair is not None:
+                pair.shadow_done(None if texts is None else "".join(texts))
 
     def _watch_weights(self) -> None:
-        """Pick up a changed weights file even when idle: the gauges show the split in force."""
-        shown, reported = None, None
+        """Pick up a changed weights file even when idle: the gauges show the split and the rollout in force."""
+        shown, reported, decided = None, None, None
         while not self.stopped.wait(1.0):
             config = self.weights.current()
             self.metrics.show_split(config)
+            decided = self._show_rollout(decided)
             if config != shown:
                 shown = config
                 pb_utils.Logger.log_info(f"llm: split is {config.describe()}")
@@ -173,6 +222,19 @@ class TritonPythonModel:
                 reported = self.weights.error
                 if reported:
                     pb_utils.Logger.log_error(f"llm: {reported}; keeping {config.describe()}")
+
+    def _show_rollout(self, decided):
+        """The rollout's gauges; log a decision not seen before (every replica logs what it follows)."""
+        try:
+            state = RolloutState.from_dict(self.weights.rollout) if self.weights.rollout else None
+        except (KeyError, TypeError, ValueError) as exc:
+            pb_utils.Logger.log_error(f"llm: cannot read the rollout in {self.weights.path}: {exc}")
+            return decided
+        self.metrics.show_rollout(state)
+        decision = state.last_decision if state is not None else None
+        if decision is not None and decision != decided:
+            pb_utils.Logger.log_info(f"llm: rollout of version {state.canary_version}: {decision.describe()}")
+        return decision
 
     def finalize(self):
         self.stopped.set()
@@ -194,58 +256,11 @@ def _generator_inputs(request) -> list:
     return tensors
 
 
-class RouterMetrics:
-    """Routing counters and the split in force, on Triton's /metrics endpoint."""
-
-    def __init__(self, target: str):
-        def family(name, kind, doc):
-            return pb_utils.MetricFamily(name=name, description=doc, kind=kind)
-
-        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
-        self.families = {
-            "requests": family(
-                "tritonrag_router_requests_total",
-                counter,
-                "Requests routed, by version and mode (pinned, sticky, random, shadow)",
-            ),
-            "failures": family("tritonrag_router_failures_total", counter, "Routed streams that ended in an error"),
-            "shadow_skipped": family(
-                "tritonrag_router_shadow_skipped_total", counter, "Mirrors not sent: every shadow slot busy"
-            ),
-            "aborted": family(
-                "tritonrag_router_aborted_total", counter, "Generator requests aborted because their caller cancelled"
-            ),
-            "rejected": family(
-                "tritonrag_router_rejected_total", counter, "Requests refused before routing (bad or unavailable pin)"
-            ),
-            "weight": family(
-                "tritonrag_router_weight", gauge, "Share of routed traffic by version and role (stable, canary, shadow)"
-            ),
-        }
-        self.target = target
-        self.metrics: dict[tuple, object] = {}
-        self.lock = threading.Lock()
-
-    def _metric(self, family: str, **labels):
-        key = (family, *sorted(labels.items()))
-        with self.lock:
-            if key not in self.metrics:
-                self.metrics[key] = self.families[family].Metric(labels={"model": self.target, **labels})
-            return self.metrics[key]
-
-    def count(self, family: str, version: int | None = None, mode: str | None = None) -> None:
-        labels = {} if version is None else {"version": str(version), "mode": mode}
-        self._metric(family, **labels).increment(1)
-
-    def show_split(self, config: RoutingConfig) -> None:
-        shares = {("stable", config.stable_version): 1.0 - config.canary_weight}
-        if config.canary_version is not None:
-            shares[("canary", config.canary_version)] = config.canary_weight
-            shares[("shadow", config.canary_version)] = config.shadow_weight
-        known = [key for key in self.metrics if key[0] == "weight"]
-        for key in known:  # roles a version no longer has drop to 0
-            labels = dict(key[1:])
-            if (labels["role"], int(labels["version"])) not in shares:
-                self.metrics[key].set(0.0)
-        for (role, version), share in shares.items():
-            self._metric("weight", role=role, version=str(version)).set(share)
+def _text(response) -> str:
+    """A response's text_output, decoded (empty when it has none)."""
+    tensor = pb_utils.get_output_tensor_by_name(response, "text_output")
+    if tensor is None:
+        return ""
+    return "".join(
+        t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in tensor.as_numpy().reshape(-1)
+    )

@@ -13,7 +13,8 @@ with a limit derived from the stable's on that same window:
     shadow_length_ratio canary / stable output chars  in [1 / max_length_ratio, max_length_ratio]
 
 A guard with fewer than `min_samples` observations on either side is `waiting`: it neither
-passes nor trips. When the stable version served nothing in the window (the 100% step), its
+passes nor trips. For the latency guards an observation is a request (one that got its first
+token): the inter-token gaps of a single request must not stand for a version. When the stable version served nothing in the window (the 100% step), its
 numbers from the last window where it did (`baseline`) stand in.
 """
 
@@ -121,7 +122,7 @@ def stable_numbers(stable: VersionWindow, min_samples: int) -> dict[str, float]:
         numbers["error_rate"] = stable.failures / stable.requests
     if stable.ttft_count >= min_samples and stable.ttft_p95 is not None:
         numbers["ttft_p95"] = stable.ttft_p95
-    if stable.itl_count >= min_samples and stable.itl_p95 is not None:
+    if stable.ttft_count >= min_samples and stable.itl_p95 is not None:
         numbers["itl_p95"] = stable.itl_p95
     return numbers
 
@@ -138,7 +139,7 @@ def evaluate(
     results = [
         _error_rate(canary, reference.get("error_rate"), limits),
         _latency("ttft_p95", canary.ttft_p95, canary.ttft_count, reference.get("ttft_p95"), limits),
-        _latency("itl_p95", canary.itl_p95, canary.itl_count, reference.get("itl_p95"), limits),
+        _latency("itl_p95", canary.itl_p95, canary.ttft_count, reference.get("itl_p95"), limits),
     ]
     if shadow:
         results += _agreement(canary, limits)
@@ -160,7 +161,8 @@ def _latency(name: str, value: float | None, count: float, stable: float | None,
         return GuardResult(name, WAIT, value, None, _waiting(count, stable, limits))
     limit = max(stable * limits.max_latency_ratio, stable + limits.latency_slack_s)
     detail = (
-        f"canary {value * 1000:.0f} ms over {count:.0f}, limit {limit * 1000:.0f} ms (stable {stable * 1000:.0f} ms)"
+        f"canary {value * 1000:.0f} ms ({count:.0f} requests), "
+        f"limit {limit * 1000:.0f} ms (stable {stable * 1000:.0f} ms)"
     )
     return GuardResult(name, TRIP if value > limit else PASS, value, limit, detail)
 

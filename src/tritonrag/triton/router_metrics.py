@@ -35,7 +35,6 @@ FAMILIES = {
     "guard_ok": metrics.ROLLOUT_GUARD_OK,
     "decision": metrics.ROLLOUT_DECISION,
 }
-KINDS = {metrics.COUNTER: pb_utils.MetricFamily.COUNTER, metrics.GAUGE: pb_utils.MetricFamily.GAUGE}
 GUARD_STATES = {PASS: 1.0, TRIP: 0.0}  # waiting: -1
 
 
@@ -43,8 +42,10 @@ class RouterMetrics:
     """Counters and gauges labelled by the target model (and version, mode, role, guard)."""
 
     def __init__(self, target: str):
+        # Read here, not at import: the stub that auto-completes a config imports model.py without MetricFamily.
+        kinds = {metrics.COUNTER: pb_utils.MetricFamily.COUNTER, metrics.GAUGE: pb_utils.MetricFamily.GAUGE}
         self.families = {
-            key: pb_utils.MetricFamily(name=family.name, description=family.doc, kind=KINDS[family.kind])
+            key: pb_utils.MetricFamily(name=family.name, description=family.doc, kind=kinds[family.kind])
             for key, family in FAMILIES.items()
         }
         self.target = target
