@@ -7,6 +7,8 @@ tests/test_repository.py checks that both agree.
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 EMBEDDER_MAX_TOKENS = 256  # MiniLM's max_seq_length
 MAX_QUERY_CHARS = 2000  # longer queries are rejected with INVALID_ARG
+MAX_QUERY_BYTES = 4 * MAX_QUERY_CHARS  # checked before decoding (UTF-8 is at most 4 bytes a character)
+MAX_PROMPT_BYTES = 64 * 1024  # an LLM prompt (text_input), checked before tokenizing
 DEFAULT_TOP_K = 3  # passages given to the generator
 MAX_TOP_K = 10
 RERANK_CANDIDATES = 20  # first-stage hits handed to the reranker

@@ -25,6 +25,11 @@ MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 128
 MAX_LOGPROBS = 20  # vLLM's default `max_logprobs`: the most alternatives one position may ask for
 GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: a temperature under it decodes greedily
+MAX_JSON_BYTES = 64 * 1024  # a request's JSON object (sampling_parameters, request parameters)
+MAX_STOP_STRINGS = 16  # each stop string is searched for in every step's new text: bound the work
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_SAMPLING_TOP_K = 2**31 - 1  # beyond any vocabulary; bigger values overflow torch.topk
 
 _BOOL_STRINGS = {"true": True, "false": False, "1": True, "0": False}
 
@@ -75,10 +80,14 @@ def _to_bool(name: str, value: Any) -> bool:
 
 
 def _to_stop(name: str, value: Any) -> list[str]:
-    """A string (one stop string, as in vLLM) or a list of non-empty strings."""
+    """A string (one stop string, as in vLLM) or a list of non-empty strings, bounded in count and length."""
     stop = [value] if isinstance(value, str) else value
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise InvalidInput(f"sampling_parameters.{name} must be a string or a list of non-empty strings")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise InvalidInput(f"sampling_parameters.{name} has {len(stop)} strings; the limit is {MAX_STOP_STRINGS}")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise InvalidInput(f"sampling_parameters.{name}: a stop string is longer than {MAX_STOP_CHARS} characters")
     return list(stop)
 
 
@@ -91,6 +100,8 @@ def _to_token_ids(name: str, value: Any) -> list[int]:
             pass
     if not isinstance(value, list):
         raise InvalidInput(f"sampling_parameters.{name} must be a list of integers, got {value!r}")
+    if len(value) > MAX_STOP_TOKEN_IDS:
+        raise InvalidInput(f"sampling_parameters.{name} has {len(value)} ids; the limit is {MAX_STOP_TOKEN_IDS}")
     return [_to_int(f"{name}[]", token_id) for token_id in value]
 
 
@@ -138,7 +149,7 @@ class SamplingParams:
         _check_range("temperature", self.temperature, 0, None)
         if not 0 < self.top_p <= 1:
             raise InvalidInput(f"sampling_parameters.top_p must be in (0, 1], got {self.top_p}")
-        _check_range("top_k", self.top_k, -1, None)
+        _check_range("top_k", self.top_k, -1, MAX_SAMPLING_TOP_K)
         self.top_k = max(self.top_k, 0)  # vLLM's -1 and our 0 both disable it
         _check_range("min_p", self.min_p, 0, 1)
         _check_range("presence_penalty", self.presence_penalty, -2, 2)
@@ -186,13 +197,7 @@ class SamplingParams:
                 raise InvalidInput("sampling_parameters is not valid UTF-8") from exc
         if not raw.strip():
             return cls(**defaults)
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"sampling_parameters is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-        if not isinstance(data, dict):
-            raise InvalidInput("sampling_parameters must be a JSON object")
-        return cls.from_dict(data, **defaults)
+        return cls.from_dict(load_json_object(raw, "sampling_parameters"), **defaults)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], **defaults: Any) -> SamplingParams:
@@ -211,6 +216,27 @@ class SamplingParams:
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def load_json_object(raw: str, what: str, verb: str = "is") -> dict:
+    """A client's JSON object, every way it can be bad an InvalidInput naming `what`.
+
+    json.loads raises more than JSONDecodeError on hostile text: ValueError for an integer over
+    Python's 4,300-digit limit, RecursionError for deep nesting; the size cap comes first.
+    """
+    if len(raw) > MAX_JSON_BYTES:
+        raise InvalidInput(f"{what} {verb} {len(raw)} characters long; the limit is {MAX_JSON_BYTES}")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} {verb} not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    except RecursionError:
+        raise InvalidInput(f"{what} {verb} nested too deeply") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise InvalidInput(f"{what} holds a value Python cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return data
 
 
 def known_keys() -> frozenset[str]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import unicodedata
 
-from tritonrag.defaults import DEFAULT_TOP_K, MAX_QUERY_CHARS, MAX_TOP_K
+from tritonrag.defaults import DEFAULT_TOP_K, MAX_QUERY_BYTES, MAX_QUERY_CHARS, MAX_TOP_K
 from tritonrag.errors import InvalidInput
 
 
 def normalize_query(raw: bytes | str, max_chars: int = MAX_QUERY_CHARS) -> str:
     """UTF-8 decode, NFC-normalise and collapse whitespace; reject empty or over-long queries."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", errors="replace"))
+    if size > MAX_QUERY_BYTES:  # before decoding and normalising, whose cost grows with the text
+        raise InvalidInput(f"query is {size} bytes long; the limit is {MAX_QUERY_BYTES}")
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")

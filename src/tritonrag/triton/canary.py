@@ -179,8 +179,10 @@ def parse_pin(raw: bytes | str | None) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"model_version must be a positive integer (a generator version), got {text!r}")
+    # ASCII digits only ("²".isdigit() is True but int() refuses it), and short: int() of thousands
+    # of digits raises ValueError; no version number has more than 9 digits.
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < 1:
+        raise InvalidInput(f"model_version must be a positive integer (a generator version), got {text[:32]!r}")
     return int(text)
 
 

@@ -34,8 +34,9 @@ from typing import Protocol
 
 import numpy as np
 
+from tritonrag.defaults import MAX_PROMPT_BYTES
 from tritonrag.errors import InvalidInput
-from tritonrag.sampling import known_keys
+from tritonrag.sampling import known_keys, load_json_object
 
 
 @dataclass(frozen=True)
@@ -157,13 +158,7 @@ def read_request(read: InputReader, parameters: str | Mapping | None = None) -> 
 def _parameters(parameters: str | Mapping | None) -> dict:
     if parameters is None or isinstance(parameters, Mapping):
         return dict(parameters or {})
-    try:
-        data = json.loads(parameters) if parameters.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"request parameters are not valid JSON: {exc.msg}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("request parameters must be a JSON object")
-    return data
+    return load_json_object(parameters, "request parameters", "are") if parameters.strip() else {}
 
 
 def _single(read: InputReader, name: str):
@@ -180,6 +175,9 @@ def _prompt(read: InputReader) -> str:
     value = _single(read, TEXT_INPUT.name)
     if value is None:
         raise InvalidInput(f"input {TEXT_INPUT.name!r} is required")
+    size = len(value.encode("utf-8")) if isinstance(value, str) else len(bytes(value))
+    if size > MAX_PROMPT_BYTES:  # before any tokenizing: the tokenizer's time grows with the text
+        raise InvalidInput(f"text_input is {size} bytes long; the limit is {MAX_PROMPT_BYTES}")
     if isinstance(value, str):
         return value
     try:
@@ -227,13 +225,7 @@ def _sampling(read: InputReader, params: dict) -> dict:
             raise InvalidInput("sampling_parameters is not valid UTF-8") from exc
     if not str(raw).strip():
         return sampling
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"sampling_parameters is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("sampling_parameters must be a JSON object")
-    return sampling | data
+    return sampling | load_json_object(str(raw), "sampling_parameters")
 
 
 class Logprob(Protocol):
