@@ -95,7 +95,8 @@ def order_chunks(out: SchedulerOutput) -> tuple[list[ScheduledChunk], list[int]]
 
 def pack_tokens(chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and positions [T] of the chunks, concatenated."""
-    ids, positions = [], []
+    ids: list[int] = []
+    positions: list[int] = []
     for chunk in chunks:
         ids.extend(chunk.seq.all_token_ids[chunk.start : chunk.end])
         positions.extend(range(chunk.start, chunk.end))

@@ -23,13 +23,17 @@ On CPU the linear layers run on oneDNN-prepacked weights (`Linear.pack`), which 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+
+from tritonrag.engine.runners.paged_attention import DecodeKernel
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class LlamaConfig:
     tie_word_embeddings: bool
 
     @classmethod
-    def from_dict(cls, raw: dict) -> LlamaConfig:
+    def from_dict(cls, raw: dict[str, Any]) -> LlamaConfig:
         rope = raw.get("rope_parameters") or {}
         if rope.get("rope_type", "default") != "default" or raw.get("rope_scaling"):
             raise ValueError(f"only default RoPE is supported, got {rope or raw.get('rope_scaling')}")
@@ -173,7 +177,7 @@ def _slots(table: list[int], start: int, end: int, block_size: int) -> list[int]
     return [table[p // block_size] * block_size + p % block_size for p in range(start, end)]
 
 
-def _padded_tables(tables: list[list[int]], device) -> torch.Tensor:
+def _padded_tables(tables: list[list[int]], device: torch.device | str) -> torch.Tensor:
     """Block tables as one [n, longest] int64 tensor, padded with block 0 (never read)."""
     width = max(len(t) for t in tables)
     return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=device)
@@ -186,7 +190,9 @@ BUCKET_COST_BLOCKS = 16
 MAX_BUCKET_SPAN = 64  # sequences per bucket considered by the split search (keeps it O(B * 64))
 
 
-def _decode_buckets(tables: list[list[int]], context_lens: list[int], block_size: int, device) -> list[DecodeBucket]:
+def _decode_buckets(
+    tables: list[list[int]], context_lens: list[int], block_size: int, device: torch.device | str
+) -> list[DecodeBucket]:
     """Group decodes by context length so each bucket pads only to its own longest context.
 
     Padding everything to the batch's longest context gathered and attended over ~1.7x
@@ -259,24 +265,28 @@ class Linear(nn.Linear):
 
 def can_prepack(weight: torch.Tensor) -> bool:
     """oneDNN's prepacked GEMM exists for fp32 (and bf16 where the CPU has it), CPU only."""
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    # torch leaves torch.backends.mkldnn.is_available unannotated
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return False
     if weight.dtype == torch.bfloat16:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return cast(bool, torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return weight.dtype == torch.float32
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """weight [out, in] reordered into oneDNN's blocked layout (an opaque mkldnn tensor)."""
     with torch.no_grad():
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        return cast(torch.Tensor, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None = None, bias=None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """x @ weight.T (+ bias), on the prepacked weight when there is one and x is an eager CPU tensor."""
-    if packed is None or type(x) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    # torch.jit.is_tracing is public but unannotated and missing from torch.jit.__all__ (not exported to mypy)
+    if packed is None or type(x) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():  # type: ignore[attr-defined,no-untyped-call]
         return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], "")
+    return cast(torch.Tensor, torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], ""))
 
 
 class RMSNorm(nn.Module):
@@ -294,7 +304,8 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """GQA self-attention: fused QKV projection, RoPE, paged KV write and read."""
 
-    decode_op = None  # tritonrag.engine.runners.paged_attention's op, set by LlamaModel.use_decode_op
+    # tritonrag.engine.runners.paged_attention's op, set by LlamaModel.use_decode_op
+    decode_op: DecodeKernel | None = None
 
     def __init__(self, cfg: LlamaConfig, scratch: GatherScratch) -> None:
         super().__init__()
@@ -305,7 +316,15 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=False)
         self.o_proj = Linear(q_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
         # x: [T, hidden]; cos, sin: [T, 1, D]; k_cache, v_cache: [num_blocks, block_size, KVH, D]
         T, H, KVH, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)  # [T, (H + 2 KVH) D]
@@ -316,6 +335,7 @@ class Attention(nn.Module):
         v_cache.view(-1, KVH, D).index_copy_(0, meta.slot_mapping, v)
         o = x.new_empty(T, H * D)
         if meta.decode_tables is not None:
+            assert self.decode_op is not None  # metadata for the op is built only where use_decode_op set it
             n = meta.num_decodes
             o[:n] = self.decode_op(q[:n], k_cache, v_cache, meta.decode_tables, meta.decode_lens, D**-0.5).view(n, -1)
         for bucket in meta.decode_buckets:
@@ -323,9 +343,11 @@ class Attention(nn.Module):
         for p in meta.prefills:
             rows = slice(p.q_start, p.q_end)
             o[rows] = self._prefill(q[rows], k[rows], v[rows], k_cache, v_cache, p)
-        return self.o_proj(o)
+        return cast(torch.Tensor, self.o_proj(o))
 
-    def _decode(self, q, k_cache, v_cache, bucket: DecodeBucket, o: torch.Tensor) -> None:
+    def _decode(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bucket: DecodeBucket, o: torch.Tensor
+    ) -> None:
         # one SDPA for the bucket's n single-query rows over keys gathered into [n, KVH, L, D]
         n, KVH, D = bucket.block_tables.shape[0], self.num_kv_heads, self.head_dim
         qb = q[:n] if bucket.rows is None else q.index_select(0, bucket.rows)
@@ -337,7 +359,15 @@ class Attention(nn.Module):
         else:
             o.index_copy_(0, bucket.rows, ob.reshape(n, -1))
 
-    def _prefill(self, q, k, v, k_cache, v_cache, p: PrefillMeta) -> torch.Tensor:
+    def _prefill(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        p: PrefillMeta,
+    ) -> torch.Tensor:
         # q: [Tq, H, D]; k, v: the chunk's own [Tq, KVH, D]; the prefix is read from the cache
         Tq = q.shape[0]
         if p.prefix_block_ids is None:
@@ -355,7 +385,9 @@ class Attention(nn.Module):
         return attend_with_prefix(q, k, v, pk, pv).reshape(Tq, -1)
 
 
-def attend_with_prefix(q, k, v, prefix_k, prefix_v) -> torch.Tensor:
+def attend_with_prefix(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor
+) -> torch.Tensor:
     """Attention of chunk queries q [Tq, H, D] over prefix keys (all visible) then their own (causal).
 
     On CPU this is two flash-attention calls without a mask, merged by log-sum-exp: a
@@ -376,11 +408,14 @@ def attend_with_prefix(q, k, v, prefix_k, prefix_v) -> torch.Tensor:
             enable_gqa=True,
         )
         return o[0].transpose(0, 1)
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    # returns (output, logsumexp); torch.ops are untyped
+    flash = cast(
+        Callable[..., tuple[torch.Tensor, torch.Tensor]], torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    )
     # GQA as a batch of G: query heads [G, KVH, Tq, D] against their KV head, broadcast over G
     qg = q.view(Tq, KVH, G, D).permute(2, 1, 0, 3)
 
-    def heads(x):
+    def heads(x: torch.Tensor) -> torch.Tensor:
         return x.transpose(0, 1)[None].expand(G, -1, -1, -1)  # [G, KVH, len, D]
 
     o1, lse1 = flash(qg, heads(prefix_k), heads(prefix_v), 0.0, False)
@@ -401,7 +436,9 @@ class GatherScratch:
     def __init__(self) -> None:
         self._buf: torch.Tensor | None = None
 
-    def gather(self, k_cache, v_cache, block_tables) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(
+        self, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """caches [num_blocks, bs, KVH, D], block_tables [B, NB] -> K and V [B, NB * bs, KVH, D]."""
         num_blocks, bs, kvh, d = k_cache.shape
         B, nb = block_tables.shape
@@ -426,7 +463,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate).mul_(up))
+        return cast(torch.Tensor, self.down_proj(F.silu(gate).mul_(up)))
 
 
 class DecoderLayer(nn.Module):
@@ -437,9 +474,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return cast(torch.Tensor, x + self.mlp(self.post_attention_layernorm(x)))
 
 
 class LlamaModel(nn.Module):
@@ -471,18 +516,19 @@ class LlamaModel(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         """Logits [N, vocab] (model dtype) for the packed rows `meta.logits_indices`."""
+        assert self.rope_cos is not None and self.rope_sin is not None  # load_llama calls init_rope
         cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # [T, 1, D]
         x = self.embed_tokens(input_ids)  # [T, hidden]
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = layer(x, cos, sin, k_cache, v_cache, meta)
         x = self.norm(x[meta.logits_indices])  # [N, hidden]
         if self.lm_head is not None:
-            return self.lm_head(x)
+            return cast(torch.Tensor, self.lm_head(x))
         return linear(x, self.embed_tokens.weight, self.tied_head_packed)  # [N, vocab]
 
-    def use_decode_op(self, op) -> None:
+    def use_decode_op(self, op: DecodeKernel) -> None:
         """Decode attention through the paged decode op (AttentionMetadata built with paged_decode=True)."""
-        for layer in self.layers:
+        for layer in cast(Iterable[DecoderLayer], self.layers):
             layer.self_attn.decode_op = op
 
     def prepack(self) -> bool:

@@ -3,6 +3,7 @@
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,9 @@ from tritonrag.compile.onnx_export import read_meta
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.runners.graph_runner import StepGraphRunner
 from tritonrag.engine.runners.step_graph import ONNX_TYPES, StepInputs, step_io_problem
+
+if TYPE_CHECKING:  # for annotations only: onnxruntime is imported where a session is made
+    import onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +87,16 @@ class OnnxModelRunner(StepGraphRunner):
         return self.device.index or 0
 
 
-def _np_type(dtype: torch.dtype):
-    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[dtype]
+def _np_type(dtype: torch.dtype) -> type[np.generic]:
+    types: dict[torch.dtype, type[np.generic]] = {
+        torch.float32: np.float32,
+        torch.float16: np.float16,
+        torch.int64: np.int64,
+    }
+    return types[dtype]
 
 
-def _session(path: Path, config: EngineConfig):
+def _session(path: Path, config: EngineConfig) -> "onnxruntime.InferenceSession":
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -24,6 +24,7 @@ import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -66,14 +67,15 @@ def load_decode_kernel() -> DecodeKernel | None:
     reason = disabled_reason()
     if reason is None:
         try:
-            return _build().paged_decode_attention
+            kernel: DecodeKernel = _build().paged_decode_attention
+            return kernel
         except Exception as exc:  # a missing compiler or a failed build must not stop the engine
             reason = f"could not build {SOURCE.name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
     log.warning("paged decode attention op unavailable (%s): decode gathers keys and values with torch", reason)
     return None
 
 
-def _build():
+def _build() -> ModuleType:
     from torch.utils.cpp_extension import load
 
     # torch finds ninja on PATH; the pip `ninja` package puts it beside this interpreter,
@@ -83,7 +85,7 @@ def _build():
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    return load(
+    module: ModuleType = load(
         EXTENSION_NAME,
         [str(SOURCE)],
         build_directory=str(directory),
@@ -91,13 +93,21 @@ def _build():
         extra_ldflags=["-fopenmp"],
         verbose=False,
     )
+    return module
 
 
 def kernel_supports(head_dim: int, device: torch.device | str) -> bool:
     return torch.device(device).type == "cpu" and head_dim in HEAD_DIMS
 
 
-def reference_decode(q, k_cache, v_cache, block_tables, context_lens, scale: float) -> torch.Tensor:
+def reference_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """The same attention in plain torch, one sequence at a time (for checks, not for speed)."""
     n, H, D = q.shape
     block_size, KVH = k_cache.shape[1], k_cache.shape[2]

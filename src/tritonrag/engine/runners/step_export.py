@@ -13,8 +13,10 @@ import inspect
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,6 +74,7 @@ def export_generator_step(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     started, code, source = time.perf_counter(), code_fingerprint(), source_fingerprint(model_dir)
     model = load_llama(model_dir, DTYPES[dtype], "cpu", max_positions)
+    assert model.rope_cos is not None  # load_llama sets the RoPE table
     step = GeneratorStep(model).eval()
     with staging(out_dir) as folder, torch.no_grad():
         with _without_quadratic_rewrite():
@@ -103,7 +106,7 @@ def export_generator_step(
     return out_dir / GRAPH_FILE
 
 
-def step_parity(step: GeneratorStep, path: Path, dtype: str) -> dict:
+def step_parity(step: GeneratorStep, path: Path, dtype: str) -> dict[str, Any]:
     """Two steps through ONNX Runtime and through `step` eagerly, from the same pool, block size 4:
     (1) a 20-token prompt and the first 9 tokens of another; (2) the first one's decode, the
     other's next 12 tokens after its 9 cached ones, and a fresh 7-token prompt."""
@@ -138,6 +141,7 @@ def step_parity(step: GeneratorStep, path: Path, dtype: str) -> dict:
     over = {name: d for name, d in worst.items() if not d <= tolerance[name]}
     if over:
         raise RuntimeError(f"ONNX Runtime differs from torch beyond tolerance {tolerance}: {over}; no graph written")
+    assert step_parity.__doc__ is not None  # its text describes the batch in meta.json
     return {
         "reference": f"torch, this module eagerly ({dtype}, cpu)",
         "batch": " ".join(step_parity.__doc__.split(":", 1)[1].split()),
@@ -147,7 +151,7 @@ def step_parity(step: GeneratorStep, path: Path, dtype: str) -> dict:
 
 
 @contextmanager
-def _without_quadratic_rewrite():
+def _without_quadratic_rewrite() -> Iterator[None]:
     """Leave onnxscript's SlicesSplit rewrite out of the exporter's optimizer while exporting.
 
     The rule (two Slices -> one Split) has two output nodes, and onnxscript 0.7 matches such

@@ -31,11 +31,13 @@ trt_runner (TensorRT), both over graph_runner.StepGraphRunner.
 """
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +46,7 @@ from tritonrag.compile.onnx_export import read_meta
 from tritonrag.compile.trt_build import DimRange
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.runners.base import pack_tokens
-from tritonrag.engine.runners.llama import LlamaConfig, LlamaModel, apply_rope
+from tritonrag.engine.runners.llama import Attention, DecoderLayer, LlamaConfig, LlamaModel, apply_rope
 from tritonrag.engine.sequence import ScheduledChunk
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 class GeneratorStep(nn.Module):
     """One forward step as pure tensor code over `LlamaModel`'s own weights (no second loader)."""
 
+    rope_cos: torch.Tensor  # buffers, registered in __init__
+    rope_sin: torch.Tensor
+
     def __init__(self, model: LlamaModel) -> None:
         super().__init__()
         self.model = model
@@ -79,17 +84,17 @@ class GeneratorStep(nn.Module):
 
     def forward(
         self,
-        input_ids,
-        positions,
-        kv_cache,
-        decode_past_slots,
-        decode_past_lens,
-        decode_new_index,
-        prefill_past_slots,
-        prefill_past_lens,
-        prefill_new_index,
-        token_index,
-        logits_index,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: torch.Tensor,
+        decode_past_slots: torch.Tensor,
+        decode_past_lens: torch.Tensor,
+        decode_new_index: torch.Tensor,
+        prefill_past_slots: torch.Tensor,
+        prefill_past_lens: torch.Tensor,
+        prefill_new_index: torch.Tensor,
+        token_index: torch.Tensor,
+        logits_index: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         m, KVH, D = self.model, self.num_kv_heads, self.head_dim
         # The pool as rows of one head [L * 2 * num_blocks * block_size * KVH, D]: a reshape, not a copy.
@@ -108,7 +113,7 @@ class GeneratorStep(nn.Module):
         sin = _rows(self.rope_sin, positions).unsqueeze(1)
         x = m.embed_tokens(input_ids)  # [T, hidden]
         new_kv = []
-        for i, layer in enumerate(m.layers):
+        for i, layer in enumerate(cast(Iterable[DecoderLayer], m.layers)):
             q, k, v = self._qkv(layer.self_attn, layer.input_layernorm(x), cos, sin)
             offsets = (2 * i * layer_rows, (2 * i + 1) * layer_rows)
             outs = [self._attend(q, k, v, pool, offsets, group) for group in groups]
@@ -120,7 +125,9 @@ class GeneratorStep(nn.Module):
         weight = m.embed_tokens.weight if m.lm_head is None else m.lm_head.weight
         return F.linear(x, weight).float(), torch.stack(new_kv)
 
-    def _qkv(self, attn, x, cos, sin):
+    def _qkv(
+        self, attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [T, H, D], k and v [T, KVH, D], RoPE applied: the torch model's fused projection.
 
         A Split, not four slices: one node, and nothing for the slice-fusing rewrite that
@@ -131,7 +138,15 @@ class GeneratorStep(nn.Module):
         q, k = apply_rope(q.reshape(T, H, D), cos, sin), apply_rope(k.reshape(T, KVH, D), cos, sin)
         return q, k, v.reshape(T, KVH, D)
 
-    def _attend(self, q, k, v, pool, offsets, group: "_GroupTensors") -> torch.Tensor:
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        pool: torch.Tensor,
+        offsets: tuple[int, int],
+        group: "_GroupTensors",
+    ) -> torch.Tensor:
         """One group's attention -> [S * Q, H * D] (padded query rows included; token_index drops them).
 
         Past and new keys are scored separately and merged by one shared max and denominator
@@ -168,7 +183,9 @@ class _GroupTensors:
     new_bias: torch.Tensor  # [1, 1, Q * G, Q] float32: causal (query q sees new keys j <= q)
 
 
-def _group_tensors(past_slots, past_lens, new_index, num_kv_heads: int, group: int) -> _GroupTensors:
+def _group_tensors(
+    past_slots: torch.Tensor, past_lens: torch.Tensor, new_index: torch.Tensor, num_kv_heads: int, group: int
+) -> _GroupTensors:
     """Rows to gather and additive masks of one group. A padded query row (beyond its chunk)
     still sees new key 0, so its softmax stays finite; its output is dropped."""
     P, Q = past_slots.shape[1], new_index.shape[1]
@@ -246,8 +263,8 @@ def build_step_inputs(chunks: list[ScheduledChunk], logits_rows: list[int], bloc
 
 
 def _group(
-    chunks: list[ScheduledChunk], first_rows: np.ndarray, block_size: int, base: int
-) -> tuple[AttentionGroup, np.ndarray]:
+    chunks: list[ScheduledChunk], first_rows: npt.NDArray[np.int64], block_size: int, base: int
+) -> tuple[AttentionGroup, npt.NDArray[np.int64]]:
     """A group's tensors and the flat index (from `base`) of each of its real tokens, in packed order.
 
     An empty group gets one dummy sequence (one query on packed row 0, nothing cached): the
@@ -275,10 +292,13 @@ def _group(
     return group, flat
 
 
-def _slots(tables, positions: np.ndarray, block_size: int) -> np.ndarray:
+def _slots(
+    tables: list[int] | npt.NDArray[np.int64], positions: npt.NDArray[np.int64], block_size: int
+) -> npt.NDArray[np.int64]:
     """Pool slots (block * block_size + offset) of `positions` through one table [NB] or many [S, NB]."""
     tables = np.asarray(tables, dtype=np.int64)
-    return tables[..., positions // block_size] * block_size + positions % block_size
+    slots: npt.NDArray[np.int64] = tables[..., positions // block_size] * block_size + positions % block_size
+    return slots
 
 
 def example_inputs(cfg: LlamaConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -288,7 +308,7 @@ def example_inputs(cfg: LlamaConfig, dtype: torch.dtype) -> dict[str, torch.Tens
     (sd, pd, qd), (sp, pp, qp) = (2, 5, 3), (6, 13, 7)
     gen = torch.Generator().manual_seed(0)
 
-    def ints(high, *shape):
+    def ints(high: int, *shape: int) -> torch.Tensor:
         return torch.randint(0, high, shape, generator=gen)
 
     kv = torch.randn(cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim, generator=gen).to(dtype)
@@ -349,7 +369,7 @@ def generator_dims(config: EngineConfig, num_kv_blocks: int) -> dict[str, DimRan
 
 def step_io_problem(
     source: Path,
-    inputs: Mapping[str, tuple[Sequence, str]],
+    inputs: Mapping[str, tuple[Sequence[int | str | None], str]],
     max_positions: int | None,
     config: EngineConfig,
     model: LlamaConfig,

@@ -55,5 +55,5 @@ class ModelRunner(PagedRunner):
             device=self.device,
             paged_decode=self.paged_decode,
         )
-        logits = self.model(input_ids.to(self.device), positions.to(self.device), self.kv_caches, meta)
+        logits: torch.Tensor = self.model(input_ids.to(self.device), positions.to(self.device), self.kv_caches, meta)
         return logits.float()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ class EngineFacts:
     inputs: dict[str, tuple[Shape, str]]  # name -> (shape with -1 for dynamic axes, dtype name)
     profile: dict[str, tuple[Shape, Shape]]  # name -> (min shape, max shape) of optimization profile 0
     graph: Path | None  # the ONNX graph it was built from (engine.json's onnx_path)
-    graph_meta: dict | None  # that graph's meta.json, None if the graph is gone or re-exported since
+    graph_meta: dict[str, Any] | None  # that graph's meta.json, None if the graph is gone or re-exported since
 
     @classmethod
     def of_session(cls, session: TrtSession) -> EngineFacts:
@@ -83,7 +84,7 @@ class EngineFacts:
         )
 
 
-def _built_from(meta: dict) -> tuple[Path | None, dict | None]:
+def _built_from(meta: dict[str, Any]) -> tuple[Path | None, dict[str, Any] | None]:
     """(graph, its meta.json) an engine was built from; the meta is None unless the graph there
     is still the one built (same sha256): a re-exported graph says nothing about an old engine."""
     graph = Path(meta["onnx_path"]) if meta.get("onnx_path") else None
@@ -134,6 +135,7 @@ def engine_mismatch(config: EngineConfig, engine_path: Path) -> str | None:
             f"cannot tell which weights {engine_path} holds: the graph it was built from ({facts.graph}) "
             "is gone or was exported again since (rebuild: make engines)"
         )
+    assert facts.graph is not None  # _built_from sets graph_meta only where there is a graph
     stale = stale_reason(facts.graph.parent, Path(config.model_dir), check_graph=False)
     if stale:
         return f"{engine_path} was built from {facts.graph}, which does not stand for {config.model_dir}: {stale}"
