@@ -4,12 +4,13 @@ Everything that depends on the model repository's interface is here, so that a c
 name, inputs or outputs is an edit of this file alone. The routers and the page speak OpenAI; the
 bridge moves tensors; this module turns one into the other.
 
-Three models serve the OpenAI ids (the ids are the Triton model names):
-- the LLM (`LLM_MODEL`): `text_input` (the prompt as given; chat messages are templated in the
-  service), `sampling_parameters` (JSON, tritonrag.sampling's keys), `stream`; it answers with
-  `text_output` deltas and, when done, `finish_reason`, `num_input_tokens`, `num_output_tokens`.
-  The vllm_backend flags (`exclude_input_in_output`, `return_<output>`) are set when the model
-  declares them, read from its config at start-up (`ModelInterface`), so the service follows the
+Three models serve the OpenAI ids (the ids are the Triton model names, from tritonrag.defaults):
+- the LLM (`llm`, vllm_backend's interface, names from tritonrag.triton.vllm_interface):
+  `text_input` (the prompt as given; chat messages are templated in the service),
+  `sampling_parameters` (JSON, tritonrag.sampling's keys), `stream`, `exclude_input_in_output` and
+  the `return_<output>` flags for `finish_reason`, `num_input_tokens`, `num_output_tokens` (and
+  `logprobs` when asked); it answers with `text_output` deltas. A flag is set only when the model
+  declares it, read from its config at start-up (`ModelInterface`), so the service follows the
   model's interface rather than guessing it.
 - `rag` (the ensemble): `query` (the last user message), optional `top_k`, `sampling_parameters`;
   `text_output` deltas, `sources` (JSON list of `{id, title, score}`) with the first response, and
@@ -30,25 +31,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from tritonrag.defaults import EMBEDDER_MAX_TOKENS, EMBEDDING_DIM, ENSEMBLE_MODEL
+from tritonrag.defaults import EMBEDDER_MAX_TOKENS, EMBEDDING_DIM, ENSEMBLE_MODEL, LLM_MODEL
+from tritonrag.triton import vllm_interface as vllm
 
-# Model names. The LLM is the public model that routes to the generator's stable version (`llm`; the
-# repository called that router `generator_router` before): the first of these that the server has.
-LLM_MODELS = ("llm", "generator_router")
+# Model names: the public LLM (routes to the generator's stable version), the rag ensemble, the embedder.
+LLM_MODELS = (LLM_MODEL,)
 RAG_MODEL = ENSEMBLE_MODEL
 EMBEDDER_MODEL = "embedder"
 MODEL_NAMES = (*LLM_MODELS, RAG_MODEL, EMBEDDER_MODEL)
 
-# Inputs.
-TEXT_INPUT, SAMPLING_PARAMETERS, STREAM = "text_input", "sampling_parameters", "stream"
-EXCLUDE_INPUT = "exclude_input_in_output"
+# The LLM's inputs and outputs (vllm_backend's names); rag's own inputs; the embedder's tensors.
+TEXT_INPUT, SAMPLING_PARAMETERS = vllm.TEXT_INPUT.name, vllm.SAMPLING_PARAMETERS.name
+STREAM, EXCLUDE_INPUT = vllm.STREAM.name, vllm.EXCLUDE_INPUT.name
+TEXT_OUTPUT, FINISH_REASON, _CUMULATIVE, LOGPROBS, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS = (t.name for t in vllm.OUTPUTS)
+SOURCES = vllm.SOURCES_OUTPUT.name
 QUERY, TOP_K = "query", "top_k"
-INPUT_IDS, ATTENTION_MASK = "input_ids", "attention_mask"
-
-# Outputs.
-TEXT_OUTPUT, SOURCES, FINISH_REASON = "text_output", "sources", "finish_reason"
-NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS = "num_input_tokens", "num_output_tokens"
-LOGPROBS, EMBEDDING = "logprobs", "embedding"
+INPUT_IDS, ATTENTION_MASK, EMBEDDING = "input_ids", "attention_mask", "embedding"
 # Outputs the service asks for with vllm_backend's `return_<output>` flags, where the model has them.
 WANTED = (FINISH_REASON, NUM_INPUT_TOKENS, NUM_OUTPUT_TOKENS)
 NOT_FINISHED = ("", "None")
