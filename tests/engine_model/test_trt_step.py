@@ -27,8 +27,9 @@ from tritonrag.compile import trt_build, trt_runtime
 from tritonrag.compile.onnx_export import GRAPH_FILE, OnnxRuntime, read_meta
 from tritonrag.compile.trt_build import Backend, GraphInput, derive_profile
 from tritonrag.compile.trt_runtime import TensorSpec, TrtSession
-from tritonrag.engine import trt_step
+from tritonrag.engine import factory
 from tritonrag.engine.factory import choose_runtime
+from tritonrag.engine.runners import trt_runner
 from tritonrag.engine.runners.step_export import stale_graph_reason
 from tritonrag.engine.runners.step_graph import ONNX_TYPES, generator_dims
 from tritonrag.engine.runners.torch_runner import ModelRunner
@@ -107,8 +108,8 @@ def test_engine_on_the_stand_in_gives_the_torch_engines_greedy_tokens(ort_step, 
     all three decoding in one batch; greedy tokens and the final KV pool as the torch engine's."""
     config = stand_in_config(ort_step)
     session = OrtStandIn(ort_step, config, config.num_kv_blocks)
-    monkeypatch.setattr(trt_step, "tensorrt_unavailable", lambda config: None)  # no GPU, no engine here
-    monkeypatch.setattr(trt_step, "open_step_session", lambda config: session)
+    monkeypatch.setattr(factory, "tensorrt_unavailable", lambda config: None)  # no GPU, no engine here
+    monkeypatch.setattr(trt_runner, "open_step_session", lambda config: session)
     chosen = [prompts[0], prompts[1], prompts[3]]
     trt_engine, got = serve(config, chosen)
     assert type(trt_engine.runner) is TrtModelRunner
