@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tritonrag.paths import MODEL_REPOSITORY, REPO_ROOT, artifacts_dir
+from tritonrag.triton.abort_channel import ABORT_KEY_ENV, new_key
 
 BACKEND_NAME = "tritonrag_llm"
 PYTRITON_DIR = "pytriton/tritonserver"
@@ -84,6 +85,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ADMIN_KEY_ENV = "TRITONRAG_ADMIN_KEY"
+ADMIN_HEADER = "tritonrag-admin-key"  # lower case: gRPC metadata keys are
+ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")  # load/unload, log and trace settings
+
+
 @dataclass
 class TritonServer:
     """A tritonserver child process on loopback ports; a context manager for tests and tools."""
@@ -96,6 +102,10 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
+    abort_key: str = field(default_factory=new_key, repr=False)  # a fresh secret for every server
+    # Triton's admin APIs (ADMIN_APIS) answer only with this key in the ADMIN_HEADER header (HTTP and
+    # gRPC metadata): $TRITONRAG_ADMIN_KEY, else a random key no one knows (admin calls refused). None: open.
+    admin_key: str | None = field(default_factory=lambda: os.environ.get(ADMIN_KEY_ENV) or new_key(), repr=False)
 
     @classmethod
     def on_free_ports(cls, **kwargs) -> TritonServer:
@@ -130,8 +140,16 @@ class TritonServer:
             # in 2.51; histograms (nv_inference_first_response_histogram_ms) from 2.52, which 2.51 ignores.
             "--metrics-config=summary_latencies=true",
             "--metrics-config=histogram_latencies=true",
+            *self.restricted_args(),
             *self.extra_args,
         ]
+
+    def restricted_args(self) -> list[str]:
+        """Triton 2.51's restricted-API flags: the admin groups need the key, inference and health do not."""
+        if self.admin_key is None:
+            return []
+        rule = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -142,6 +160,7 @@ class TritonServer:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("TRITONRAG_ARTIFACTS", str(artifacts_dir()))
+        env.setdefault(ABORT_KEY_ENV, self.abort_key)  # the router's abort channel (tritonrag.triton.abort_channel)
         return env
 
     def start(self, foreground: bool = False) -> TritonServer:
