@@ -131,7 +131,7 @@ class CollectingSink:
 class _Live:
     """A request the engine is working on."""
 
-    request_id: str  # the client's id, for logs
+    client_id: str  # the client's id, for logs
     sink: Sink
     detokenizer: IncrementalDetokenizer
     arrival: float
@@ -146,8 +146,8 @@ class _Live:
 
 @dataclass
 class _Submission:
-    key: str  # the engine's id for it: unique, unlike client ids
-    request_id: str
+    request_id: str  # the engine's id for it: unique, unlike client ids
+    client_id: str
     prompt_ids: list[int]
     sampling: SamplingParams
     sink: Sink
@@ -165,7 +165,7 @@ class GenerationService:
         self.tokenizer = tokenizer
         self.observer = observer or NullObserver()
         self._inbox: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
-        self._live: dict[str, _Live] = {}  # by engine key; touched by the loop thread only
+        self._live: dict[str, _Live] = {}  # by the engine's request id; touched by the loop thread only
         self._ids = itertools.count()
         self._lock = threading.Lock()  # submit vs shutdown: nothing is queued after the final drain
         self._stopping = threading.Event()
@@ -174,7 +174,7 @@ class GenerationService:
         self._thread.start()
 
     # ---- called from any thread -------------------------------------------------
-    def submit(self, request_id: str, prompt: str, sampling: SamplingParams, sink: Sink) -> None:
+    def submit(self, client_id: str, prompt: str, sampling: SamplingParams, sink: Sink) -> None:
         """Tokenize and validate now (errors reach the caller at once), generate later.
 
         Raises InvalidInput for a bad prompt and Unavailable once the service is shutting down.
@@ -191,20 +191,20 @@ class GenerationService:
             if self._stopping.is_set():
                 raise Unavailable("the generator is shutting down")
             # Triton request ids are optional ("" for many clients) and need not be unique.
-            key = f"{request_id}#{next(self._ids)}"
-            self._inbox.put(_Submission(key, request_id, prompt_ids, sampling, sink, time.monotonic()))
+            request_id = f"{client_id}#{next(self._ids)}"
+            self._inbox.put(_Submission(request_id, client_id, prompt_ids, sampling, sink, time.monotonic()))
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, client_id: str) -> None:
         """Abort the requests submitted under this client id, as if their clients had cancelled.
 
         For a caller that cannot cancel through the request itself: a router that started the
         request with a BLS call (Triton's Python backend cannot cancel those). Takes effect
         within one step; an id that matches nothing within ABORT_TTL_S is forgotten.
         """
-        if not request_id:
+        if not client_id:
             raise InvalidInput("an abort needs the request id of the request to abort")
         with self._lock:
-            self._aborts[request_id] = time.monotonic() + self.ABORT_TTL_S
+            self._aborts[client_id] = time.monotonic() + self.ABORT_TTL_S
 
     def generate(self, prompt: str, sampling: SamplingParams, timeout: float | None = None) -> CollectingSink:
         """Blocking convenience: submit, wait, return the finished sink."""
@@ -266,8 +266,8 @@ class GenerationService:
                 return
 
     def _add(self, item: _Submission) -> None:
-        if _is_cancelled(item.sink) or self._aborted(item.request_id):  # never reaches the engine
-            self._forget_aborts({item.request_id})
+        if _is_cancelled(item.sink) or self._aborted(item.client_id):  # never reaches the engine
+            self._forget_aborts({item.client_id})
             completion = Completion(FinishReason.ABORT.value, len(item.prompt_ids), 0, 0)
             _call(item.sink.finish, "", completion)
             self._observe("on_finish", time.monotonic() - item.arrival, completion)
@@ -277,12 +277,12 @@ class GenerationService:
             detokenizer = IncrementalDetokenizer(
                 self.tokenizer, item.prompt_ids, sampling.stop, sampling.skip_special_tokens, sampling.min_tokens
             )
-            self.engine.add_request(item.key, item.prompt_ids, sampling)
+            self.engine.add_request(item.request_id, item.prompt_ids, sampling)
         except Exception as exc:  # noqa: BLE001 - e.g. a full waiting queue: that request's error
             _call(item.sink.fail, exc)
             return
-        self._live[item.key] = _Live(
-            item.request_id,
+        self._live[item.request_id] = _Live(
+            item.client_id,
             item.sink,
             detokenizer,
             item.arrival,
@@ -293,29 +293,31 @@ class GenerationService:
     def _drop_cancelled(self) -> int:
         """Abort requests whose client cancelled or went away; their blocks are freed at once."""
         cancelled = [
-            key for key, live in self._live.items() if _is_cancelled(live.sink) or self._aborted(live.request_id)
+            request_id
+            for request_id, live in self._live.items()
+            if _is_cancelled(live.sink) or self._aborted(live.client_id)
         ]
-        matched = {self._live[key].request_id for key in cancelled}
-        for key in cancelled:
-            self._end(key, FinishReason.ABORT)
+        matched = {self._live[request_id].client_id for request_id in cancelled}
+        for request_id in cancelled:
+            self._end(request_id, FinishReason.ABORT)
         self._forget_aborts(matched)
         return len(cancelled)
 
-    def _aborted(self, request_id: str) -> bool:
+    def _aborted(self, client_id: str) -> bool:
         with self._lock:
-            return request_id in self._aborts
+            return client_id in self._aborts
 
     def _forget_aborts(self, matched: set[str]) -> None:
         """Drop aborts that found their requests, and those that waited ABORT_TTL_S in vain."""
         now = time.monotonic()
         with self._lock:
-            for request_id, expires in list(self._aborts.items()):
-                if request_id in matched or expires < now:
-                    del self._aborts[request_id]
+            for client_id, expires in list(self._aborts.items()):
+                if client_id in matched or expires < now:
+                    del self._aborts[client_id]
 
     def _deliver(self, output: StepOutput) -> None:
-        key = output.request_id
-        live = self._live.get(key)
+        request_id = output.request_id
+        live = self._live.get(request_id)
         if live is None:
             return
         if output.num_output_tokens > live.num_output_tokens:
@@ -334,14 +336,15 @@ class GenerationService:
                 return
             delta += live.detokenizer.finish()
         except Exception as exc:  # noqa: BLE001 - a sink that raises (client gone) or a bad token: this request only
-            self._end(key, error=exc)
+            self._end(request_id, error=exc)
             return
         if reason is FinishReason.ERROR:  # the scheduler gave up on it (it outgrew the KV cache)
             self._end(
-                key, error=RuntimeError("the request outgrew the KV cache; lower max_tokens or the prompt length")
+                request_id,
+                error=RuntimeError("the request outgrew the KV cache; lower max_tokens or the prompt length"),
             )
         else:
-            self._end(key, FinishReason(reason), delta)
+            self._end(request_id, FinishReason(reason), delta)
 
     def _position(self, logprobs: TokenLogprobs) -> PositionLogprobs:
         """vLLM's `{token_id: Logprob}` for one position: the sampled token first, then the top N."""
@@ -371,14 +374,14 @@ class GenerationService:
         live.last_token_time = now
 
     def _end(
-        self, key: str, reason: FinishReason = FinishReason.ABORT, text: str = "", error: Exception | None = None
+        self, request_id: str, reason: FinishReason = FinishReason.ABORT, text: str = "", error: Exception | None = None
     ) -> None:
         """Take a request out: free its blocks now (a no-op if the engine already did), then tell its sink once."""
-        live = self._live.pop(key)
+        live = self._live.pop(request_id)
         try:
-            self.engine.finish_request(key, reason if error is None else FinishReason.ERROR)
+            self.engine.finish_request(request_id, reason if error is None else FinishReason.ERROR)
         except Exception:  # noqa: BLE001 - the sink must still hear about it
-            log.exception("could not free request %r", live.request_id)
+            log.exception("could not free request %r", live.client_id)
         if error is not None:
             _call(live.sink.fail, error)
             return
@@ -393,8 +396,8 @@ class GenerationService:
         self._observe("on_finish", time.monotonic() - live.arrival, completion)
 
     def _fail_all(self, error: Exception) -> None:
-        for key in list(self._live):
-            self._end(key, error=error)
+        for request_id in list(self._live):
+            self._end(request_id, error=error)
 
     def _observe(self, hook: str, *args: object) -> None:
         """Metrics must not take the loop down."""
