@@ -20,15 +20,18 @@ from pathlib import Path
 
 import requests
 
+from tritonrag import metrics
 from tritonrag.defaults import LLM_MODEL
 from tritonrag.paths import artifacts_dir, generator_weights_dir
 from tritonrag_bench.perf_tools import GenaiPerfRun, missing_tools, summary_row
+from tritonrag_clients.prom import parse_metrics, total
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tritonrag_bench.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address")
     parser.add_argument("--http-url", default="127.0.0.1:8000", help="the server's HTTP address (readiness)")
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics", help="its /metrics (token check)")
     parser.add_argument("--model", default=LLM_MODEL)
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--input-tokens", type=int, default=128)
@@ -42,16 +45,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def markdown_table(rows: list[dict]) -> str:
     lines = [
         "| concurrency | requests | output tok/s | requests/s | TTFT p50 / p90 / p99 (ms) | ITL p50 / p90 / p99 (ms) "
-        "| output tokens min / avg / max |",
-        "|---|---|---|---|---|---|---|",
+        "| output tokens (genai-perf) min / avg / max | server: tokens per request |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ttft, itl, out = (" / ".join(f"{v:.0f}" for v in r[key]) for key in ("ttft_ms", "itl_ms", "output_tokens"))
+        ttft, itl = (" / ".join(f"{v:.0f}" for v in r[key]) for key in ("ttft_ms", "itl_ms"))
+        out = " / ".join(
+            f"{v:g}" for v in (r["output_tokens"][0], round(r["output_tokens"][1], 1), r["output_tokens"][2])
+        )
+        server = "-" if r.get("server_tokens_per_request") is None else f"{r['server_tokens_per_request']:g}"
         lines.append(
             f"| {r['concurrency']} | {r['requests']} | {r['output_tok_s']:.1f} | {r['request_s']:.2f} "
-            f"| {ttft} | {itl} | {out} |"
+            f"| {ttft} | {itl} | {out} | {server} |"
         )
     return "\n".join(lines)
+
+
+def generated_tokens(metrics_url: str) -> float | None:
+    """The server's count of generated tokens (vllm:generation_tokens_total), None if /metrics is unreachable."""
+    try:
+        text = requests.get(metrics_url, timeout=10).text
+    except requests.RequestException:
+        return None
+    return total(parse_metrics(text), metrics.VLLM_GENERATION_TOKENS.name)
 
 
 def server_ready(http_url: str, model: str) -> str | None:
@@ -89,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             artifact_dir=args.out / f"c{c}",
         )
         print(f"\n== genai-perf, concurrency {c}: {' '.join(run.command())}", flush=True)
-        rows.append(summary_row(run.run(), c))
+        tokens = generated_tokens(args.metrics_url)
+        row = summary_row(run.run(), c)
+        after = generated_tokens(args.metrics_url)
+        if tokens is not None and after is not None:  # warm-up requests (one per stream) included
+            row["server_tokens_per_request"] = (after - tokens) / (run.request_count + c)
+        rows.append(row)
     table = markdown_table(rows)
     print(f"\n{args.model} through genai-perf ({args.input_tokens} prompt tokens, {args.output_tokens} output tokens):")
     print(table)
