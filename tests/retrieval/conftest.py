@@ -68,10 +68,21 @@ def build_script():
 
 @pytest.fixture(scope="session")
 def small_index(tmp_path_factory, docs_folder, build_script, embedder) -> Path:
-    """An index of SMALL_DOCS built by the build script with small chunks."""
+    """An index home of SMALL_DOCS built by the build script with small word windows (several chunks a document)."""
     out = tmp_path_factory.mktemp("index") / "small"
     args = build_script.parse_args(
-        ["--docs", str(docs_folder), "--out", str(out), "--chunk-words", "24", "--overlap-words", "6"]
+        [
+            "--docs",
+            str(docs_folder),
+            "--out",
+            str(out),
+            "--chunking",
+            "window",
+            "--chunk-words",
+            "24",
+            "--overlap-words",
+            "6",
+        ]
     )
     build_script.run(args, embedder=embedder)
     return out

@@ -7,7 +7,16 @@ import json
 import pytest
 
 from tritonrag.errors import InvalidInput
-from tritonrag.retrieval.corpus import Document, chunk, default_corpus, load_folder
+from tritonrag.retrieval import stdlib_docs
+from tritonrag.retrieval.corpus import (
+    Document,
+    chunk,
+    chunk_all,
+    chunk_structured,
+    default_corpus,
+    load_folder,
+    paragraphs,
+)
 
 
 def _doc(words: int) -> Document:
@@ -68,13 +77,53 @@ def test_load_folder_rejects_bad_jsonl(tmp_path):
         load_folder(tmp_path)
 
 
-def test_default_corpus_has_every_pydoc_topic_and_module_docstrings():
+@pytest.fixture(scope="module")
+def stdlib_corpus():
+    return default_corpus()
+
+
+def test_default_corpus_is_every_pydoc_topic_and_the_stdlib_api(stdlib_corpus):
     from pydoc_data.topics import topics
 
-    docs = default_corpus()
-    ids = [d.doc_id for d in docs]
-    assert len(ids) == len(set(ids))
-    assert {f"topic:{name}" for name in topics} <= set(ids)
-    modules = [d for d in docs if d.doc_id.startswith("module:")]
-    assert len(modules) >= 40 and all(len(d.text.split()) >= 40 for d in modules)
-    assert all(d.title and d.text.strip() for d in docs)
+    docs = {d.doc_id: d for d in stdlib_corpus}
+    assert len(docs) == len(stdlib_corpus) > 5000
+    assert {f"topic:{name}" for name in topics} <= set(docs)
+    for name in ("functools.lru_cache", "pathlib.Path.read_text", "os.path.join", "zipfile.ZipFile.extractall"):
+        assert name in docs and name in docs[name].title
+    assert "Least-recently-used cache decorator" in docs["functools.lru_cache"].text
+    # Re-exported objects are documented once, under the name users import them by.
+    assert "asyncio.run" in docs and "asyncio.runners.run" not in docs
+    assert "threading.Lock" in docs and "multiprocessing.dummy.Lock" not in docs
+    assert "os.listdir" in docs and "posix.listdir" not in docs
+    assert all(d.title and d.text.strip() for d in stdlib_corpus)
+
+
+def test_rendering_is_deterministic_and_free_of_memory_addresses():
+    names = ["configparser", "logging", "dataclasses"]
+    first, second = list(stdlib_docs.render(names)), list(stdlib_docs.render(names))
+    assert first == second and len(first) > 100
+    assert not any(" at 0x" in e.title or " at 0x" in e.text for e in first)
+
+
+def test_structured_chunks_fit_the_budget_and_are_slices():
+    para = " ".join(f"w{i}" for i in range(30))
+    doc = Document("d", "Title here", "src", "\n\n".join([para] * 6) + "\n\n" + " ".join(f"x{i}" for i in range(200)))
+    count = lambda text: len(text.split())  # one "word piece" a word
+    chunks = chunk_structured(doc, max_tokens=100, count_tokens=count, overlap_words=10)
+    for c in chunks:
+        assert doc.text[c.start : c.start + len(c.text)] == c.text
+        assert count(c.title) + count(c.text) <= 100
+    assert [c.chunk_id for c in chunks] == [f"d#{n}" for n in range(len(chunks))]
+    assert chunks[0].text.count("w0 ") == 3  # three whole paragraphs packed together
+    tail = [c.text.split() for c in chunks if c.text.startswith("x")]
+    assert len(tail) == 3 and tail[0][-10:] == tail[1][:10]  # 88-word windows sharing 10 words
+    assert tail[-1][-1] == "x199"
+
+
+def test_a_short_document_is_one_chunk_and_paragraphs_are_found():
+    doc = Document("s", "t", "src", "  first para\n  \n\nsecond para  \n")
+    assert paragraphs(doc.text) == [(2, 12), (17, 28)]
+    assert [c.text for c in chunk_structured(doc)] == ["first para\n  \n\nsecond para"]
+    assert chunk_all([doc], chunking="window") == chunk(doc)
+    with pytest.raises(InvalidInput):
+        chunk_all([doc], chunking="sentences")

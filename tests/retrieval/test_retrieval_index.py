@@ -17,23 +17,24 @@ def _unit(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_auto_kind_is_exact_for_small_corpora():
+def test_auto_kind_follows_corpus_size_and_memory():
     assert ix.resolve_kind("auto", 10) == "flat"
     assert ix.resolve_kind("auto", ix.AUTO_FLAT_BELOW) == "ivf"
+    assert ix.resolve_kind("auto", ix.AUTO_PQ_ABOVE_BYTES // (384 * 4) + 1) == "ivfpq"
     assert ix.resolve_kind("hnsw", 10) == "hnsw"
     with pytest.raises(InvalidInput):
         ix.resolve_kind("lsh", 10)
     assert ix.ivf_lists(10) == 1 and ix.ivf_lists(1_000_000) == 4000
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
 def test_each_kind_returns_the_given_ids_and_finds_itself(kind):
     vectors = _unit(2000)
     ids = np.arange(2000) + 1000
     index = ix.build_index(vectors, kind, ids=ids)
     assert ix.describe(index)["kind"] == kind and index.ntotal == 2000
     scores, found = index.search(vectors[:50], 5)
-    assert (found[:, 0] == ids[:50]).mean() >= 0.95
+    assert (found[:, 0] == ids[:50]).mean() >= (0.8 if kind == "ivfpq" else 0.95)  # PQ codes are lossy
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
 
 
@@ -88,3 +89,25 @@ def test_gpu_copy_says_where_the_index_lives():
         assert moved is flat and where.startswith("cpu (")
     else:
         assert where == "gpu:0" and moved.search(_unit(10)[:1], 1)[1][0, 0] == 0
+
+
+def test_ivf_nprobe_is_tuned_to_the_target_recall():
+    vectors = _unit(6000, d=48, seed=4)
+    index = ix.build_index(vectors, "ivf")
+    params = ix.describe(index)
+    assert params["kind"] == "ivf" and 1 <= params["nprobe"] <= params["nlist"]
+    queries = ix.synthetic_queries(vectors, 200, seed=9)  # not the queries it was tuned on
+    assert ix.measure_recall(index, queries) >= ix.TARGET_RECALL - 0.03
+    if params["nprobe"] > 1:  # the next smaller power of two fell short on the tuning queries
+        faiss_ivf = __import__("faiss").extract_index_ivf(index)
+        faiss_ivf.nprobe = params["nprobe"] // 2
+        assert ix.measure_recall(index, ix.synthetic_queries(vectors, 200, seed=1)) < ix.TARGET_RECALL
+
+
+def test_delete_by_id_in_flat_and_ivf():
+    vectors = _unit(3000, seed=5)
+    for kind in ("flat", "ivf"):
+        index = ix.build_index(vectors, kind)
+        index.remove_ids(np.arange(0, 3000, 2, dtype=np.int64))
+        _, found = index.search(vectors[:20], 3)
+        assert index.ntotal == 1500 and not (found[found >= 0] % 2 == 0).any()

@@ -1,4 +1,4 @@
-"""Reranker: the offline default, the identity, and loading a CrossEncoder checkpoint directory."""
+"""Reranker: the offline default (the first-stage order), the lexical candidates, and CrossEncoder checkpoints."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def test_default_is_a_measured_candidate():
     assert Reranker.from_config("default").name == Reranker.from_config("").name == DEFAULT
 
 
-def test_default_moves_the_answer_up_and_keeps_a_clear_dense_winner():
-    reranker = Reranker.from_config(None)
+def test_bm25_wsum_moves_the_answer_up_and_keeps_a_clear_dense_winner():
+    reranker = Reranker.from_config("bm25-wsum")
     out = reranker.rerank(QUERY, HITS, top_n=3)
     assert [h.passage.id for h in out][0] == 2 and len(out) == 3
     assert out[0].score >= out[1].score >= out[2].score

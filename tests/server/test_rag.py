@@ -52,6 +52,14 @@ def test_retrieval_finds_the_relevant_topic(client):
     )
 
 
+def test_caching_question_cites_functools(client):
+    """Issue 16's acceptance question: the standard library corpus answers it from functools."""
+    _, sources, _ = collect(
+        client.stream("rag", rag_inputs("How do I cache the results of a function?", sampling={"max_tokens": 1}))
+    )
+    assert any(s["id"].startswith(("functools.lru_cache#", "functools.cache#")) for s in sources), sources
+
+
 def test_same_greedy_request_gives_same_answer(client):
     first, _, _ = collect(client.stream("rag", rag_inputs("What is a generator?", sampling=GREEDY_SHORT)))
     second, _, _ = collect(client.stream("rag", rag_inputs("What is a generator?", sampling=GREEDY_SHORT)))

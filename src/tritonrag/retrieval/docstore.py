@@ -112,6 +112,34 @@ class DocStore:
         )
         return [Passage(*row) for row in rows]
 
+    def chunks_of(self, doc_ids: Iterable[str]) -> list[tuple[int, Chunk]]:
+        """(id, Chunk) of every stored chunk of the given documents, in id order."""
+        wanted = sorted(set(doc_ids))
+        rows = []
+        for first in range(0, len(wanted), 500):
+            batch = wanted[first : first + 500]
+            marks = ",".join("?" * len(batch))
+            rows += (
+                self._connection()
+                .execute(
+                    f"SELECT id, chunk_id, doc_id, title, source, text, start FROM chunks WHERE doc_id IN ({marks})",
+                    batch,
+                )
+                .fetchall()
+            )
+        return [(row[0], Chunk(*row[1:])) for row in sorted(rows)]
+
+    def delete_docs(self, doc_ids: Iterable[str]) -> list[int]:
+        """Remove every chunk of the given documents; returns the removed ids."""
+        ids = [i for i, _ in self.chunks_of(doc_ids)]
+        with self._write_lock, self._connection() as conn:
+            conn.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in ids])
+        return ids
+
+    def all_passages(self) -> list[Passage]:
+        """Every stored chunk, in id order (the lexical index is rebuilt from these)."""
+        return [Passage(*row) for row in self._connection().execute(f"SELECT {_COLUMNS} FROM chunks ORDER BY id")]
+
     def doc_ids(self) -> set[str]:
         """All stored document ids."""
         return {row[0] for row in self._connection().execute("SELECT DISTINCT doc_id FROM chunks")}
