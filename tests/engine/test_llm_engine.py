@@ -147,13 +147,14 @@ def test_abort_and_finish_request_end_sequences_at_once(kit):
     assert len(results["r2"].tokens) == 19
 
 
-def test_a_request_too_big_for_the_pool_ends_with_error(kit):
+def test_a_request_longer_than_the_pool_ends_at_the_clamped_length(kit):
+    """It used to fail late (ERROR) mid-generation; max_model_len is now clamped to the pool (3 x 4 tokens)."""
     engine, _ = kit.make_engine(num_kv_blocks=3)
     engine.add_request("big", [1, 2, 3, 4], SamplingParams(max_tokens=30))
     engine.add_request("small", [5], SamplingParams(max_tokens=2))
     results = kit.run_engine(engine)
-    assert results["big"].final.finish_reason is FinishReason.ERROR
-    assert results["big"].tokens == kit.reference([1, 2, 3, 4], 30)[: len(results["big"].tokens)]
+    assert results["big"].final.finish_reason is FinishReason.LENGTH
+    assert results["big"].tokens == kit.reference([1, 2, 3, 4], 30, max_model_len=12)
     assert results["small"].tokens == kit.reference([5], 2)
 
 
@@ -256,3 +257,16 @@ def test_logprobs_and_cumulative_logprob_reach_the_step_outputs(kit):
     assert lp[-1].cumulative_logprob == pytest.approx(5 * one_hot, abs=1e-4)
     assert all(not out.logprobs and out.cumulative_logprob is None for out in outputs["none"])
     kit.check_all_free(engine.scheduler)
+
+
+def test_max_model_len_is_clamped_to_the_kv_pool(kit):
+    """A config whose max_model_len outgrows its KV pool (version 2's mistake) is clamped at load, with
+    the reason: a sequence alone always fits, and a longer prompt is refused at once (InvalidInput)."""
+    engine, _ = kit.make_engine(num_kv_blocks=8, block_size=4, max_model_len=64)
+    assert engine.config.max_model_len == 32 and "32 tokens" in engine.clamp_reason
+    with pytest.raises(InvalidInput, match="max_model_len 32"):
+        engine.add_request("long", list(range(40)), SamplingParams(max_tokens=4))
+    engine.add_request("fits", list(range(20)), SamplingParams(max_tokens=50))
+    results = kit.run_engine(engine)
+    assert len(results["fits"].tokens) == 12 and results["fits"].final.finish_reason is FinishReason.LENGTH
+    assert kit.make_engine(num_kv_blocks=64, block_size=4, max_model_len=128)[0].clamp_reason is None

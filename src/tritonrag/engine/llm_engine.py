@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from tritonrag.engine.config import EngineConfig
@@ -86,6 +86,19 @@ class _Totals:
     generation_tokens: int = 0
 
 
+def _fit_model_len(config: EngineConfig, num_blocks: int) -> tuple[EngineConfig, str | None]:
+    """max_model_len no longer than the KV pool holds: a sequence alone must always fit, or a valid
+    long request would fail late, mid-generation. Returns the config to use and why it changed."""
+    capacity = num_blocks * config.block_size
+    if config.max_model_len <= capacity:
+        return config, None
+    reason = (
+        f"max_model_len {config.max_model_len} is more than the KV cache holds ({num_blocks} blocks of "
+        f"{config.block_size} = {capacity} tokens): using max_model_len {capacity}"
+    )
+    return replace(config, max_model_len=capacity), reason
+
+
 class LLMEngine:
     """Continuous-batching generation over a paged KV cache."""
 
@@ -105,7 +118,8 @@ class LLMEngine:
             raise ValueError(
                 "the number of KV blocks is unknown: set config.num_kv_blocks or give the runner num_kv_blocks"
             )
-        self.scheduler = Scheduler(config, num_blocks)
+        self.config, self.clamp_reason = _fit_model_len(config, num_blocks)
+        self.scheduler = Scheduler(self.config, num_blocks)
         self._totals = _Totals()
 
     # ---- requests ------------------------------------------------------------------
