@@ -18,6 +18,7 @@ from tritonrag.engine.factory import build_service, choose_runtime
 from tritonrag.engine.serving import Completion
 from tritonrag.sampling import SamplingParams
 from tritonrag.triton import io as triton_io
+from tritonrag.triton.abort_channel import aborted_id, server_key
 from tritonrag.triton.engine_metrics import EngineMetrics, triton_family
 from tritonrag.triton.generator_config import engine_config, warmup_enabled
 from tritonrag.triton.versioning import version_parameters
@@ -44,7 +45,7 @@ class TritonSink:
         if self.sources is not None:
             outputs.append(triton_io.bytes_tensor("sources", self.sources))
             self.sources = b""  # sent once; later responses carry an empty placeholder
-        self.sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
+        self.sender.send(pb_utils.InferenceResponse(output_tensors=outputs), final=flags == FINAL)
 
     def send_delta(self, text: str, logprobs: list | None = None) -> None:
         if self.llm_request.stream:
@@ -73,10 +74,11 @@ class TritonSink:
         self._send(piece, FINAL, prefix)
 
     def fail(self, error: Exception) -> None:
-        self.sender.send(triton_io.error_response(error), flags=FINAL)
+        self.sender.fail(error)
 
     def is_cancelled(self) -> bool:
-        return self.request.is_cancelled()
+        # After FINAL Triton may release the request: never touch it again (a use after free in the backend).
+        return self.sender.closed or self.sender.cancelled()
 
 
 class TritonPythonModel:
@@ -106,6 +108,12 @@ class TritonPythonModel:
         labels = {"model": args["model_name"], "version": args["model_version"]}
         observer = EngineMetrics(labels, triton_family(pb_utils))
         self.service = build_service(config, observer=observer, choice=choice)
+        if self.service.engine.clamp_reason:  # the config asked for more than its KV pool holds
+            pb_utils.Logger.log_warn(f"{name}: {self.service.engine.clamp_reason}")
+        if server_key() is None:
+            pb_utils.Logger.log_warn(
+                f"{name}: no TRITONRAG_ABORT_KEY, so no abort is accepted (tritonrag.triton.abort_channel)"
+            )
         if warmup_enabled(params, version):
             self.service.warmup()
 
@@ -114,11 +122,11 @@ class TritonPythonModel:
             if pb_utils.get_input_tensor_by_name(request, "abort_request_id") is not None:
                 self._abort(request)
                 continue
-            sender = request.get_response_sender()
+            sender = triton_io.StreamSender(request)  # one FINAL, nothing after it, never raises
             try:
                 self._submit(request, sender)
             except Exception as exc:  # noqa: BLE001 - that request's error; the server keeps serving
-                sender.send(triton_io.error_response(exc), flags=FINAL)
+                sender.fail(exc)
         return None
 
     def _submit(self, request, sender) -> None:
@@ -133,14 +141,14 @@ class TritonPythonModel:
 
     def _abort(self, request) -> None:
         """A router's cancel of a request it started with BLS: end that request within a step."""
-        sender = request.get_response_sender()
+        sender = triton_io.StreamSender(request)
         try:
             abort_id = triton_io.bytes_input(request, "abort_request_id")
-            self.service.abort(abort_id.decode("utf-8", errors="replace"))
+            self.service.abort(aborted_id(abort_id.decode("utf-8", errors="replace")))
         except Exception as exc:  # noqa: BLE001 - e.g. an empty id: that control request's error
-            sender.send(triton_io.error_response(exc), flags=FINAL)
+            sender.fail(exc)
             return
-        sender.send(flags=FINAL)
+        sender.send(final=True)
 
     def finalize(self):
         self.service.shutdown()

@@ -16,8 +16,12 @@ own server's /metrics; several replicas share the work through the file's lock a
 A caller that cancels has its stream ended at once. This Python backend (Triton 2.51) has
 no way to cancel a BLS request it started, so the router names each generator request
 uniquely and, on a cancel, sends the generator an abort for that name (its optional
-`abort_request_id` input): the engine drops the sequence within a step and frees its
-KV blocks, and the router drains what is left of the stream.
+`abort_request_id` input, with the server's key: tritonrag.triton.abort_channel): the engine
+drops the sequence within a step and frees its KV blocks, and the router drains what is left
+of the stream. A thread polls the open streams, so a cancel is seen while a request still
+waits in the generator's queue. Streams in flight are bounded (`max_streams`): one more is
+refused UNAVAILABLE at once. Every stream's sender is a triton_io.StreamSender: one FINAL,
+nothing after it, and the request is never touched once FINAL is sent.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from tritonrag.errors import Unavailable
 from tritonrag.triton import io as triton_io
+from tritonrag.triton.abort_channel import abort_value
 from tritonrag.triton.canary import RoutingConfig, WeightsFile, canary_file_path, check_pin, choose, parse_pin
 from tritonrag.triton.prom import scrape
 from tritonrag.triton.rollout import RolloutState
@@ -63,7 +69,11 @@ class TritonPythonModel:
         seed = params.get("random_seed", "").strip()
         self.rng = random.Random(int(seed) if seed else None)
         self.outputs = [o["name"] for o in config["output"] if o["name"] != "served_version"]
-        self.streams = ThreadPoolExecutor(int(params.get("max_streams", "64")), thread_name_prefix="route")
+        max_streams = int(params.get("max_streams", "64"))
+        self.streams = ThreadPoolExecutor(max_streams, thread_name_prefix="route")
+        # In-flight streams are bounded: one more is refused UNAVAILABLE at once, never queued without end.
+        self.stream_slots = threading.BoundedSemaphore(max_streams)
+        self.max_streams = max_streams
         shadow_slots = int(params.get("max_shadow_streams", "8"))
         self.shadows = ThreadPoolExecutor(shadow_slots, thread_name_prefix="shadow")
         self.shadow_slots = threading.BoundedSemaphore(shadow_slots)
@@ -72,6 +82,9 @@ class TritonPythonModel:
         self.stopped = threading.Event()
         self.watcher = threading.Thread(target=self._watch_weights, name="weights", daemon=True)
         self.watcher.start()
+        self.live: dict[str, tuple] = {}  # generator request id -> (caller's StreamSender, version)
+        self.live_lock = threading.Lock()
+        threading.Thread(target=self._watch_cancels, name="cancels", daemon=True).start()
         if params.get("rollout_driver", "false").strip().lower() == "true":
             self._start_driver(metrics_url(params.get("metrics_url", "http://127.0.0.1:8002/metrics")))
 
@@ -85,7 +98,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            sender = request.get_response_sender()
+            sender = triton_io.StreamSender(request)
             try:
                 inputs = _generator_inputs(request)
                 route = choose(
@@ -94,9 +107,11 @@ class TritonPythonModel:
                     self._pin(request),
                     self.rng,
                 )
+                if not self.stream_slots.acquire(blocking=False):
+                    raise Unavailable(f"{self.max_streams} streams in flight, the router's limit: retry later")
             except Exception as exc:  # noqa: BLE001 - that request's error; the server keeps serving
                 self.metrics.count("rejected")
-                sender.send(triton_io.error_response(exc), flags=FINAL)
+                sender.fail(exc)
                 continue
             # Unique per generator request, so that an abort names exactly this one.
             request_id = f"{request.request_id() or 'route'}@{uuid.uuid4().hex[:12]}"
@@ -135,45 +150,59 @@ class TritonPythonModel:
         With a shadow `pair`, the whole text goes to it when the stream ended well (None otherwise)."""
         served = pb_utils.Tensor("served_version", np.array([version], dtype=np.int32))
         cancelled, texts = False, []
+        with self.live_lock:
+            self.live[request_id] = (sender, version)
         try:
             for response in self._child(inputs, request_id, version).exec(decoupled=True):
                 if response.has_error():
                     self.metrics.count("failures", version, mode)
                     error = response.error()
+                    # A fresh error object: the BLS response's own is freed with it.
                     sender.send(
                         pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code())),
-                        flags=FINAL,
+                        final=True,
                     )
                     texts = None
-                    return
-                if cancelled or not response.output_tensors():
+                    continue  # drain the BLS stream to its end; nothing more goes to the caller
+                if sender.closed or not response.output_tensors():
                     continue
-                if request.is_cancelled():
-                    # A BLS request cannot be cancelled from here: end the caller's stream now,
+                if sender.cancel():
+                    # A BLS request cannot be cancelled from here: the caller's stream is ended now;
                     # ask the generator to abort this request, and drain what it still sends.
                     cancelled = True
-                    sender.send(flags=FINAL)
                     self._abort(request_id, version)
                     continue
-                if pair is not None:
+                if pair is not None and texts is not None:
                     texts.append(_text(response))
                 sender.send(pb_utils.InferenceResponse(output_tensors=response.output_tensors() + [served]))
-            if not cancelled:
-                sender.send(flags=FINAL)
+            if not sender.send(final=True):  # ended before: cancelled (here or by the watcher) or failed
+                texts = None
         except Exception as exc:  # noqa: BLE001
             texts = None
             self.metrics.count("failures", version, mode)
-            if not cancelled:
-                sender.send(triton_io.error_response(exc), flags=FINAL)
+            sender.fail(exc)  # no-op when the stream already ended
         finally:
+            with self.live_lock:
+                self.live.pop(request_id, None)
+            self.stream_slots.release()
             if pair is not None:
                 pair.primary_done(None if cancelled or texts is None else "".join(texts))
+
+    def _watch_cancels(self) -> None:
+        """A caller may cancel while its request waits in the generator's queue (no response arrives
+        to notice it on): poll the open streams, end a cancelled one and abort its generator request."""
+        while not self.stopped.wait(0.25):
+            with self.live_lock:
+                streams = list(self.live.items())
+            for request_id, (sender, version) in streams:
+                if sender.cancel():
+                    self._abort(request_id, version)
 
     def _abort(self, request_id: str, version: int) -> None:
         """Tell the generator version to drop `request_id` (frees its KV blocks within a step)."""
         inputs = [
             pb_utils.Tensor("text_input", np.array([b""], dtype=np.object_)),
-            pb_utils.Tensor("abort_request_id", np.array([request_id.encode()], dtype=np.object_)),
+            pb_utils.Tensor("abort_request_id", np.array([abort_value(request_id).encode()], dtype=np.object_)),
         ]
         try:
             for response in self._child(inputs, request_id + "-abort", version).exec(decoupled=True):

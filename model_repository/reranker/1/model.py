@@ -3,7 +3,9 @@
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.compile.runtime import pick_device
-from tritonrag.retrieval.passages import hits_from_json, hits_to_json
+from tritonrag.retrieval import stage_inputs
+from tritonrag.retrieval.passages import hits_to_json
+from tritonrag.retrieval.query import normalize_query
 from tritonrag.retrieval.reranker import Reranker
 from tritonrag.triton import io as triton_io
 
@@ -33,12 +35,29 @@ class TritonPythonModel:
             log(f"reranker: {self.reranker.name}, {choice.describe()}")
 
     def execute(self, requests):
-        """Rerank every request of the dynamic batch in one call."""
-        queries = [triton_io.str_input(r, "query_text") for r in requests]
-        candidates = [hits_from_json(triton_io.str_input(r, "candidates")) for r in requests]
-        top_ks = [triton_io.int_input(r, "top_k", required=True) for r in requests]
-        ranked = self.reranker.rerank_many(queries, candidates, max(top_ks))
-        return [
-            pb_utils.InferenceResponse([triton_io.bytes_tensor("passages", hits_to_json(hits[:k]), shape=(1, 1))])
-            for hits, k in zip(ranked, top_ks)
-        ]
+        """Check each request on its own (a bad one gets its own error), rerank the rest in one call."""
+        responses, parsed, indices = triton_io.valid_requests(requests, self._parse)
+        if not parsed:
+            return responses
+        queries, candidates, top_ks = zip(*parsed)
+        try:
+            ranked = self.reranker.rerank_many(list(queries), list(candidates), max(top_ks))
+        except Exception as exc:  # noqa: BLE001 - the batch's scorer call failed: each of its requests says so
+            ranked = exc
+        for at, index in enumerate(indices):
+            responses[index] = (
+                triton_io.error_response(ranked)
+                if isinstance(ranked, Exception)
+                else pb_utils.InferenceResponse(
+                    [triton_io.bytes_tensor("passages", hits_to_json(ranked[at][: top_ks[at]]), shape=(1, 1))]
+                )
+            )
+        return responses
+
+    @staticmethod
+    def _parse(request):
+        return (
+            normalize_query(triton_io.bytes_input(request, "query_text")),
+            stage_inputs.candidates(triton_io.str_input(request, "candidates")),
+            stage_inputs.top_k(triton_io.int_input(request, "top_k", required=True)),
+        )

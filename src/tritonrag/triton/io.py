@@ -7,6 +7,7 @@ adapters call lives in modules that are tested without a server.
 from __future__ import annotations
 
 import json
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,65 @@ def error_response(exc: BaseException):
         pb_utils.Logger.log_error(f"tritonrag: {traceback.format_exc()}")
     message = str(exc) if code != pb_utils.TritonError.INTERNAL else f"internal error: {exc!r}"
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+class StreamSender:
+    """A decoupled request's response sender that sends nothing after the FINAL flag and never raises.
+
+    Several threads may end one stream (a relay, a cancel, an error path); Triton's sender must get
+    exactly one FINAL and nothing after it, and an exception escaping a stream thread would leave the
+    stream open. A failed send is logged and the stream counts as ended.
+    """
+
+    def __init__(self, request):
+        self._request = request
+        self._sender = request.get_response_sender()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def cancelled(self) -> bool:
+        """Whether the caller cancelled, asked only while the stream is open (Triton may release the
+        request once FINAL is sent; under the lock, so no FINAL goes out during the question)."""
+        with self._lock:
+            if self.closed:
+                return False
+            try:
+                return bool(self._request.is_cancelled())
+            except Exception:  # noqa: BLE001 - cannot tell: the caller is treated as gone
+                return True
+
+    def cancel(self) -> bool:
+        """End the stream (FINAL, no error) if the caller cancelled it; True if this call ended it."""
+        with self._lock:
+            if self.closed:
+                return False
+            try:
+                gone = bool(self._request.is_cancelled())
+            except Exception:  # noqa: BLE001
+                gone = True
+        return gone and self.send(final=True)
+
+    def send(self, response=None, final: bool = False) -> bool:
+        """Send one response (and/or FINAL); False if the stream had already ended or the send failed."""
+        with self._lock:
+            if self.closed:
+                return False
+            self.closed = final
+            flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+            try:
+                if response is None:
+                    self._sender.send(flags=flags)
+                else:
+                    self._sender.send(response, flags=flags)
+            except Exception as exc:  # noqa: BLE001 - e.g. the client left: this stream is over
+                self.closed = True
+                pb_utils.Logger.log_warn(f"tritonrag: response not sent, stream ended: {exc}")
+                return False
+            return True
+
+    def fail(self, exc: BaseException) -> bool:
+        """End the stream with `exc` as its typed error (see error_response)."""
+        return self.send(error_response(exc), final=True)
 
 
 def respond_each(requests, handle: Callable) -> list:
