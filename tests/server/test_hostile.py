@@ -10,6 +10,7 @@ numbers of thousands of digits, one over int64, deeply nested JSON, over gRPC st
 from __future__ import annotations
 
 import json
+import os
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,8 @@ from tritonrag.defaults import ENSEMBLE_MODEL, LLM_MODEL
 from tritonrag.triton.prom import parse_metrics, total
 from tritonrag_clients.streaming import bool_input, bytes_input
 
-ROUNDS = 6  # each round sends every case once; the cases of all rounds run at the same time
+# Each round sends every case once; the cases of all rounds run at the same time (a soak: TRITONRAG_HOSTILE_ROUNDS=50).
+ROUNDS = int(os.environ.get("TRITONRAG_HOSTILE_ROUNDS", "6"))
 SHORT = json.dumps({"max_tokens": 2, "temperature": 0})
 NESTED = "[" * 5000 + "]" * 5000
 HUGE_INT = "9" * 5000
@@ -281,3 +283,12 @@ def test_cancelling_an_llm_stream_stops_its_generation(server):
         client.close()
     assert _wait_for(lambda: _aborts(server) > aborts_before), "the generator's request was not aborted"
     assert _wait_for(lambda: _engine_gauges(server) == (0, 0)), f"running, KV usage: {_engine_gauges(server)}"
+
+
+def test_the_abort_channel_is_closed_to_clients(server):
+    """`abort_request_id` sent straight to `generator` without the server's key aborts nothing: INVALID_ARG.
+    (The router's own aborts carry the key: the llm cancel test above counts one.)"""
+    for value in ("route@0123456789ab", ":route@0123456789ab", "guess:route@0123456789ab"):
+        inputs = [bytes_input("text_input", ""), bytes_input("abort_request_id", value)]
+        error = _drain_errors(server.grpc_url, "generator", inputs)
+        assert error is not None and "reserved for the server's own router" in error.message(), value
