@@ -101,7 +101,10 @@ class TritonBridge:
         try:
             result = await self.client.infer(model.name, triton_map.embedding_inputs(input_ids))
         except InferenceServerException as exc:
-            raise from_triton(exc.message()) from None
+            error = from_triton(exc.message())
+            if error.status == 400 and "UNAVAILABLE" in str(exc.status()):  # a unary call keeps its code
+                error = _unavailable(exc.message())
+            raise error from None
         return triton_map.read_embedding(result)
 
     async def close(self) -> None:

@@ -17,17 +17,28 @@ log = logging.getLogger(__name__)
 
 
 class PassageLookup:
-    """Adds `text` to sources from the docstore, read-only; a missing store or chunk leaves a source as it is."""
+    """Adds `text` to sources from the docstore, read-only; a missing store or chunk leaves a source as it is.
+
+    The index home's `docstore.sqlite` is a link to the served version's store (retrieval.versions):
+    when an index update moves the link, the next lookup opens the new store.
+    """
 
     def __init__(self, docstore_path: Path):
+        self.path = Path(docstore_path)
+        self.opened: Path | None = None
         self.store: DocStore | None = None
-        try:
-            self.store = DocStore(docstore_path, readonly=True)
-        except FileNotFoundError:
-            log.warning("no docstore at %s: rag sources are served without their passages' text", docstore_path)
+        if not self.path.exists():
+            log.warning("no docstore at %s: rag sources are served without their passages' text", self.path)
+
+    def _current(self) -> DocStore | None:
+        target = self.path.resolve()
+        if target != self.opened:
+            self.store = DocStore(target, readonly=True) if target.exists() else None
+            self.opened = target
+        return self.store
 
     def with_text(self, sources: list[dict] | None) -> list[dict] | None:
-        if sources is None or self.store is None:
+        if sources is None or self._current() is None:
             return sources
         return [self._add_text(source) for source in sources]
 
