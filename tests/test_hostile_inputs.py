@@ -99,3 +99,8 @@ def test_abort_needs_the_servers_key():
             aborted_id(value, key="k3y")
     with pytest.raises(InvalidInput, match="reserved"):
         aborted_id(":req-1", key="")  # no key configured: nothing is accepted
+
+
+def test_an_empty_prompt_is_refused_before_any_call():
+    with pytest.raises(InvalidInput, match="text_input is empty"):
+        read_request({"text_input": np.array([b""], dtype=np.object_)}.get)

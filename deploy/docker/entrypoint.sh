@@ -36,11 +36,17 @@ build_engines() {
 
 serve_gpu() {
     build_engines
+    # As TritonServer does (README, Security and limits): the router's abort key, fresh per start, and
+    # the admin APIs behind a key ($TRITONRAG_ADMIN_KEY, else random: locked).
+    new_key() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
+    export TRITONRAG_ABORT_KEY="${TRITONRAG_ABORT_KEY:-$(new_key)}"
+    local admin="shared-memory,model-repository,trace,logging:tritonrag-admin-key=${TRITONRAG_ADMIN_KEY:-$(new_key)}"
     exec tritonserver \
         --model-repository="$TRITONRAG_HOME/model_repository" \
         --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
         --allow-metrics=true --allow-gpu-metrics=true --allow-cpu-metrics=true \
         --exit-timeout-secs="$TRITONRAG_EXIT_TIMEOUT" \
+        --http-restricted-api="$admin" --grpc-restricted-protocol="$admin" \
         "$@"
 }
 

@@ -36,6 +36,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.errors import Unavailable
+from tritonrag.sampling import SamplingParams
 from tritonrag.triton import io as triton_io
 from tritonrag.triton.abort_channel import abort_value
 from tritonrag.triton.canary import RoutingConfig, WeightsFile, canary_file_path, check_pin, choose, parse_pin
@@ -227,8 +228,9 @@ class TritonPythonModel:
                 if response.has_error():
                     self.metrics.count("failures", version, "shadow")
                     texts = None
-                    break
-                texts.append(_text(response))
+                    continue  # drain the BLS stream to its end, as _forward does
+                if texts is not None:
+                    texts.append(_text(response))
         except Exception:  # noqa: BLE001
             texts = None
             self.metrics.count("failures", version, "shadow")
@@ -278,6 +280,9 @@ def _generator_inputs(request) -> list:
     bad one is INVALID_ARG here), and the ensemble's sources passed through.
     """
     llm_request = read_request(triton_io.input_reader(request), request.parameters())
+    # Every sampling value checked here, so a bad one never reaches the generator: an error sent back
+    # through a decoupled BLS stream is the path that crashed tritonserver 2.51 (README, Security and limits).
+    SamplingParams.from_dict(llm_request.engine_sampling())
     tensors = [pb_utils.Tensor(name, array) for name, array in llm_request.to_inputs().items()]
     sources = pb_utils.get_input_tensor_by_name(request, SOURCES_INPUT.name)
     if sources is not None:
