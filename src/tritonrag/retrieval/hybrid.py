@@ -19,7 +19,8 @@ from tritonrag.errors import InvalidInput
 FUSIONS = ("dense", "bm25", "rrf", "wsum")
 RRF_K = 60
 DEPTH = 50  # each list's length before fusion
-# Chosen on tests/data/retrieval_eval.jsonl (python -m tritonrag.retrieval.evaluate --fusion ...):
+# Chosen on tests/data/stdlib_eval.jsonl (python -m tritonrag.retrieval.evaluate --fusion ...), MRR@10:
+# dense 0.566, rrf 0.548, wsum 0.2 0.582, 0.3 0.596, 0.4 0.580, 0.5 0.568 (README "Retrieval quality").
 DEFAULT_FUSION = "wsum"
 DEFAULT_WEIGHT = 0.3
 
