@@ -18,7 +18,7 @@ from tritonrag.engine.factory import build_service, choose_runtime
 from tritonrag.engine.serving import Completion
 from tritonrag.sampling import SamplingParams
 from tritonrag.triton import io as triton_io
-from tritonrag.triton.abort_channel import aborted_id, server_key
+from tritonrag.triton.abort_channel import aborted_ids, server_key
 from tritonrag.triton.engine_metrics import EngineMetrics, triton_family
 from tritonrag.triton.generator_config import engine_config, warmup_enabled
 from tritonrag.triton.versioning import version_parameters
@@ -144,7 +144,8 @@ class TritonPythonModel:
         sender = triton_io.StreamSender(request)
         try:
             abort_id = triton_io.bytes_input(request, "abort_request_id")
-            self.service.abort(aborted_id(abort_id.decode("utf-8", errors="replace")))
+            for request_id in aborted_ids(abort_id.decode("utf-8", errors="replace")):
+                self.service.abort(request_id)
         except Exception as exc:  # noqa: BLE001 - e.g. an empty id: that control request's error
             sender.fail(exc)
             return

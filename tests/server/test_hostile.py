@@ -295,3 +295,38 @@ def test_the_abort_channel_is_closed_to_clients(server):
         inputs = [bytes_input("text_input", ""), bytes_input("abort_request_id", value)]
         error = _drain_errors(server.grpc_url, "generator", inputs)
         assert error is not None and "reserved for the server's own router" in error.message(), value
+
+
+def _cancel_after_first_token(url: str, index: int) -> None:
+    got: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        client.start_stream(callback=lambda result=None, error=None: got.put(error or result))
+        sampling = json.dumps({"max_tokens": 200, "ignore_eos": True})
+        inputs = [
+            bytes_input("text_input", f"Story {index}:"),
+            bool_input("stream", True),
+            bytes_input("sampling_parameters", sampling),
+        ]
+        client.async_stream_infer(LLM_MODEL, inputs, enable_empty_final_response=True)
+        got.get(timeout=300)
+        client.stop_stream(cancel_requests=True)
+    finally:
+        client.close()
+
+
+def test_a_cancel_storm_leaves_the_server_up_and_nothing_held(server):
+    """400 `llm` streams, 32 at a time, each cancelled after its first token (one abort call per router
+    tick, not one per cancel: a storm of the latter crashed 2.51): every generation is aborted, the
+    server stays ready and the engine holds no sequence and no KV block afterwards."""
+    streams = 400
+    aborts_before = _aborts(server)
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda i: _cancel_after_first_token(server.grpc_url, i), range(streams)))
+    assert _wait_for(lambda: _engine_gauges(server) == (0, 0)), f"running, KV usage: {_engine_gauges(server)}"
+    assert _aborts(server) - aborts_before >= streams * 0.9  # a few may finish before their cancel lands
+    health = httpclient.InferenceServerClient(server.http_url)
+    try:
+        assert health.is_server_ready()
+    finally:
+        health.close()

@@ -85,6 +85,7 @@ class TritonPythonModel:
         self.watcher.start()
         self.live: dict[str, tuple] = {}  # generator request id -> (caller's StreamSender, version)
         self.live_lock = threading.Lock()
+        self.aborts: dict[int, list[str]] = {}  # version -> generator request ids to abort at the next tick
         threading.Thread(target=self._watch_cancels, name="cancels", daemon=True).start()
         if params.get("rollout_driver", "false").strip().lower() == "true":
             self._start_driver(metrics_url(params.get("metrics_url", "http://127.0.0.1:8002/metrics")))
@@ -171,7 +172,7 @@ class TritonPythonModel:
                     # A BLS request cannot be cancelled from here: the caller's stream is ended now;
                     # ask the generator to abort this request, and drain what it still sends.
                     cancelled = True
-                    self._abort(request_id, version)
+                    self._queue_abort(request_id, version)
                     continue
                 if pair is not None and texts is not None:
                     texts.append(_text(response))
@@ -197,21 +198,32 @@ class TritonPythonModel:
                 streams = list(self.live.items())
             for request_id, (sender, version) in streams:
                 if sender.cancel():
-                    self._abort(request_id, version)
+                    self._queue_abort(request_id, version)
+            self._send_aborts()
 
-    def _abort(self, request_id: str, version: int) -> None:
-        """Tell the generator version to drop `request_id` (frees its KV blocks within a step)."""
-        inputs = [
-            pb_utils.Tensor("text_input", np.array([b""], dtype=np.object_)),
-            pb_utils.Tensor("abort_request_id", np.array([abort_value(request_id).encode()], dtype=np.object_)),
-        ]
-        try:
-            for response in self._child(inputs, request_id + "-abort", version).exec(decoupled=True):
-                if response.has_error():
-                    pb_utils.Logger.log_warn(f"llm: abort of {request_id}: {response.error().message()}")
-        except Exception as exc:  # noqa: BLE001 - the request then runs to its end, drained
-            pb_utils.Logger.log_warn(f"llm: abort of {request_id} failed: {exc}")
-        self.metrics.count("aborted", version, "cancel")
+    def _queue_abort(self, request_id: str, version: int) -> None:
+        with self.live_lock:
+            self.aborts.setdefault(version, []).append(request_id)
+
+    def _send_aborts(self) -> None:
+        """One abort call per generator version and tick, naming every request cancelled since the last:
+        a storm of one-call-per-cancel aborts (each ending at once) crashed tritonserver 2.51."""
+        with self.live_lock:
+            aborts, self.aborts = self.aborts, {}
+        for version, ids in aborts.items():
+            value = abort_value(json.dumps(ids))
+            inputs = [
+                pb_utils.Tensor("text_input", np.array([b""], dtype=np.object_)),
+                pb_utils.Tensor("abort_request_id", np.array([value.encode()], dtype=np.object_)),
+            ]
+            try:
+                for response in self._child(inputs, f"abort@{uuid.uuid4().hex[:12]}", version).exec(decoupled=True):
+                    if response.has_error():
+                        pb_utils.Logger.log_warn(f"llm: abort of {len(ids)}: {response.error().message()}")
+            except Exception as exc:  # noqa: BLE001 - those requests then run to their end, drained
+                pb_utils.Logger.log_warn(f"llm: abort of {len(ids)} failed: {exc}")
+            for _ in ids:
+                self.metrics.count("aborted", version, "cancel")
 
     def _mirror(self, inputs, request_id: str, version: int, pair: ShadowPair | None) -> None:
         if not self.shadow_slots.acquire(blocking=False):

@@ -5,13 +5,15 @@ Python backend cannot cancel a BLS request, so the `llm` router uses that input 
 cancels; but the input is reachable by any client that calls `generator` directly. So an abort
 carries a key: `TRITONRAG_ABORT_KEY`, a random secret TritonServer puts in tritonserver's
 environment at every start (the model stubs inherit it; clients never see it). The value sent is
-`<key>:<request id>`; a wrong or missing key is INVALID_ARG and aborts nothing. Without the variable
+`<key>:<JSON list of request ids>` (the router sends one abort per tick for every request cancelled
+since the last); a wrong or missing key is INVALID_ARG and aborts nothing. Without the variable
 (tritonserver started by hand), no abort is accepted, and cancelled routed requests run to their end.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import secrets
 
@@ -42,3 +44,17 @@ def aborted_id(value: str, key: str | None = None) -> str:
     if not request_id:
         raise InvalidInput("abort_request_id names no request")
     return request_id
+
+
+def aborted_ids(value: str, key: str | None = None) -> list[str]:
+    """The request ids a keyed abort names: `<key>:<JSON list of ids>` (or one plain id)."""
+    named = aborted_id(value, key)
+    if not named.startswith("["):
+        return [named]
+    try:
+        ids = json.loads(named)
+    except (json.JSONDecodeError, RecursionError):
+        raise InvalidInput("abort_request_id: the id list is not JSON") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise InvalidInput("abort_request_id: the id list must hold non-empty strings")
+    return ids
