@@ -14,7 +14,7 @@ from tritonrag import metrics
 from tritonrag.triton import canary
 from tritonrag.triton.canary import RoutingConfig, WeightsFile, canary_file_path, read_config, write_config
 from tritonrag.triton.guards import PASS, TRIP, WAIT, Thresholds, VersionWindow, evaluate
-from tritonrag.triton.prom import Samples, grown, parse_metrics, was_reset
+from tritonrag.triton.prom import Samples, grown, parse_metrics, total, was_reset
 from tritonrag.triton.rollout import (
     ADVANCE,
     CANCELLED,
@@ -164,6 +164,9 @@ def window_of(samples: Samples) -> VersionWindow:
 def test_parse_metrics_reads_what_triton_prints():
     text = 'tritonrag_router_requests_total{mode="shadow",model="generator",version="2"} 3\n'
     assert window_of(parse_metrics(text)).requests == 3
+    # Triton's own counters have no _total suffix; prometheus_client 0.26's parser adds one.
+    triton = '# TYPE nv_inference_request_success counter\nnv_inference_request_success{model="g",version="2"} 4\n'
+    assert total(parse_metrics(triton), "nv_inference_request_success", version="2") == 4
 
 
 # ---- steps and decisions ----

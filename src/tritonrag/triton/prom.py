@@ -26,9 +26,14 @@ def parse_metrics(text: str) -> Samples:
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of every sample called `name` whose labels include `labels`."""
+    """The sum of every sample called `name` whose labels include `labels`.
+
+    A counter Triton exposes without the `_total` suffix (`nv_inference_request_success`) is
+    named with it by prometheus_client's parser (0.26: OpenMetrics naming), so either is found.
+    """
     want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+    names = {name} if name.endswith("_total") else {name, f"{name}_total"}
+    return sum(v for (n, ls), v in samples.items() if n in names and want <= ls)
 
 
 def quantile(samples: Samples, name: str, q: float, **labels: str) -> float | None:
