@@ -222,6 +222,19 @@ class Streams:
                 raise TimeoutError(f"no final response after {timeout} s; stray errors: {self.stray_errors[:3]}")
         return results
 
+    def send_many(self, requests: list[list], model: str = ROUTER, in_flight: int = 48, timeout: float = 900.0):
+        """Send every request, never more than `in_flight` unfinished at once (the router refuses streams
+        beyond its max_streams, 64, as UNAVAILABLE), and wait for them all."""
+        results: list[Result] = []
+        pending: list[Result] = []
+        for inputs in requests:
+            while len(pending) >= in_flight:
+                pending = [r for r in pending if not r.done.is_set()]
+                time.sleep(0.005)
+            results.append(self.send(inputs, model))
+            pending.append(results[-1])
+        return self.wait(results, timeout)
+
     def one(self, inputs: list, model: str = ROUTER) -> Result:
         return self.wait([self.send(inputs, model)])[0]
 
