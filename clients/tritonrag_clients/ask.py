@@ -1,6 +1,6 @@
 """Ask the RAG server a question and print the answer token by token, then its sources.
 
-    python -m tritonrag_clients.ask "How do I open a file?" [--url 127.0.0.1:8001] [--top-k 3]
+python -m tritonrag_clients.ask "How do I open a file?" [--url 127.0.0.1:8001] [--top-k 3]
 """
 
 from __future__ import annotations
