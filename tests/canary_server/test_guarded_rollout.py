@@ -102,8 +102,10 @@ def test_a_healthy_canary_is_promoted_with_no_manual_step(server, streams, weigh
     """shadow -> 5% -> 25% -> 50% -> 100% -> promoted, driven by `canary rollout` from /metrics, under load."""
     warm(streams, prompts, "1", "2")
     with Load(server.grpc_url, prompts, GREEDY) as load:
+        # ONNX Runtime and torch sum in different orders: on a RAG-length prompt a near-tie can flip one
+        # greedy token (8 of 9 mirrors identical in one clean run), so with ~9 samples the bar is 0.75.
         code = cli(server, weights_file, "rollout", "--canary-version", "2", "--min-requests", "8", *QUICK,
-                   "--max-latency-ratio", "5", "--timeout", "900")  # fmt: skip
+                   "--max-latency-ratio", "5", "--min-exact-match", "0.75", "--timeout", "900")  # fmt: skip
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
