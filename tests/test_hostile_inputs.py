@@ -12,7 +12,6 @@ from tritonrag.errors import InvalidInput
 from tritonrag.retrieval import stage_inputs
 from tritonrag.retrieval.query import normalize_query
 from tritonrag.sampling import MAX_JSON_BYTES, MAX_STOP_STRINGS, SamplingParams, load_json_object
-from tritonrag.triton.abort_channel import abort_value, aborted_id, aborted_ids
 from tritonrag.triton.canary import parse_pin
 from tritonrag.triton.vllm_interface import read_request
 
@@ -91,24 +90,6 @@ def test_stage_inputs_name_the_bad_input():
         stage_inputs.top_k(None)
 
 
-def test_abort_needs_the_servers_key():
-    assert aborted_id(abort_value("req-1", key="k3y"), key="k3y") == "req-1"
-    assert aborted_id("k3y:a:b", key="k3y") == "a:b"
-    for value in ("req-1", ":req-1", "guess:req-1", "k3y:"):
-        with pytest.raises(InvalidInput, match="abort_request_id"):
-            aborted_id(value, key="k3y")
-    with pytest.raises(InvalidInput, match="reserved"):
-        aborted_id(":req-1", key="")  # no key configured: nothing is accepted
-
-
 def test_an_empty_prompt_is_refused_before_any_call():
     with pytest.raises(InvalidInput, match="text_input is empty"):
         read_request({"text_input": np.array([b""], dtype=np.object_)}.get)
-
-
-def test_one_abort_names_many_requests():
-    assert aborted_ids(abort_value(json.dumps(["a@1", "b@2"]), key="k"), key="k") == ["a@1", "b@2"]
-    assert aborted_ids("k:a@1", key="k") == ["a@1"]
-    for value in ("k:[1, 2]", 'k:[""]', "k:[" * 3000, 'x:["a"]'):
-        with pytest.raises(InvalidInput, match="abort_request_id"):
-            aborted_ids(value, key="k")

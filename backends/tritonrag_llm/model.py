@@ -18,8 +18,8 @@ from tritonrag.engine.factory import build_service, choose_runtime
 from tritonrag.engine.serving import Completion
 from tritonrag.sampling import SamplingParams
 from tritonrag.triton import io as triton_io
-from tritonrag.triton.abort_channel import aborted_ids, server_key
-from tritonrag.triton.engine_metrics import EngineMetrics, triton_family
+from tritonrag.triton.custom_metrics import triton_family
+from tritonrag.triton.engine_metrics import EngineMetrics
 from tritonrag.triton.generator_config import engine_config, warmup_enabled
 from tritonrag.triton.versioning import version_parameters
 from tritonrag.triton.vllm_interface import LlmRequest, Piece, ResponseBuilder, read_request
@@ -110,18 +110,11 @@ class TritonPythonModel:
         self.service = build_service(config, observer=observer, choice=choice)
         if self.service.engine.clamp_reason:  # the config asked for more than its KV pool holds
             pb_utils.Logger.log_warn(f"{name}: {self.service.engine.clamp_reason}")
-        if server_key() is None:
-            pb_utils.Logger.log_warn(
-                f"{name}: no TRITONRAG_ABORT_KEY, so no abort is accepted (tritonrag.triton.abort_channel)"
-            )
         if warmup_enabled(params, version):
             self.service.warmup()
 
     def execute(self, requests):
         for request in requests:
-            if pb_utils.get_input_tensor_by_name(request, "abort_request_id") is not None:
-                self._abort(request)
-                continue
             sender = triton_io.StreamSender(request)  # one FINAL, nothing after it, never raises
             try:
                 self._submit(request, sender)
@@ -138,18 +131,6 @@ class TritonPythonModel:
         sources = triton_io.bytes_input(request, "sources", required=False)
         sink = TritonSink(request, sender, llm_request, sources, num_input_tokens)
         self.service.submit(request.request_id() or "", llm_request.prompt, sampling, sink)
-
-    def _abort(self, request) -> None:
-        """A router's cancel of a request it started with BLS: end that request within a step."""
-        sender = triton_io.StreamSender(request)
-        try:
-            abort_id = triton_io.bytes_input(request, "abort_request_id")
-            for request_id in aborted_ids(abort_id.decode("utf-8", errors="replace")):
-                self.service.abort(request_id)
-        except Exception as exc:  # noqa: BLE001 - e.g. an empty id: that control request's error
-            sender.fail(exc)
-            return
-        sender.send(final=True)
 
     def finalize(self):
         self.service.shutdown()

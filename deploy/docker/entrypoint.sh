@@ -36,10 +36,10 @@ build_engines() {
 
 serve_gpu() {
     build_engines
-    # As TritonServer does (README, Security and limits): the router's abort key, fresh per start, and
-    # the admin APIs behind a key ($TRITONRAG_ADMIN_KEY, else random: locked).
+    # As TritonServer does (README, Security and limits): the admin APIs behind a key
+    # ($TRITONRAG_ADMIN_KEY, else random: locked); the llm router reaches the generator on this gRPC port.
     new_key() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
-    export TRITONRAG_ABORT_KEY="${TRITONRAG_ABORT_KEY:-$(new_key)}"
+    export TRITONRAG_GRPC_URL="${TRITONRAG_GRPC_URL:-127.0.0.1:8001}"
     local admin="shared-memory,model-repository,trace,logging:tritonrag-admin-key=${TRITONRAG_ADMIN_KEY:-$(new_key)}"
     exec tritonserver \
         --model-repository="$TRITONRAG_HOME/model_repository" \

@@ -286,56 +286,6 @@ def test_cancel_before_admission_never_reaches_the_engine(serve, kit):
     assert [done.finish_reason for _, done in s.observer.finished] == ["abort"]
 
 
-def test_abort_by_request_id_ends_only_that_request(serve, kit, tokenizer):
-    """A router's abort (by client id) ends that request within a step; the others run on."""
-    s = serve()
-
-    class Started(Sink):
-        """Holds the engine at the victim's first delta until the abort is in, so a fast fake
-        model cannot run the victim to its end before the abort arrives (a race on a busy CPU)."""
-
-        def __init__(self):
-            super().__init__()
-            self.started, self.abort_sent = threading.Event(), threading.Event()
-
-        def send_delta(self, text):
-            super().send_delta(text)
-            self.started.set()
-            self.abort_sent.wait(WAIT_S)
-
-    victim, other = Started(), Sink()
-    s.service.submit("route-1", "Victim prompt text", SamplingParams(max_tokens=200), victim)
-    s.service.submit("route-2", "Apple other prompt", SamplingParams(max_tokens=30), other)
-    assert victim.started.wait(WAIT_S)
-    s.service.abort("route-1")
-    victim.abort_sent.set()
-    wait(victim, other)
-    assert victim.completion.finish_reason == "abort" and victim.completion.num_output_tokens < 200
-    assert other.completion.finish_reason == "length"
-    assert other.text == expect(kit, tokenizer, "Apple other prompt", 30).text
-    kit.check_all_free(s.engine.scheduler)
-    # The abort was used up: a later request under the same id runs to its end.
-    again = Sink()
-    s.service.submit("route-1", "Victim prompt text", SamplingParams(max_tokens=5), again)
-    wait(again)
-    assert again.completion.finish_reason == "length"
-
-
-def test_abort_that_arrives_before_its_request(serve, kit):
-    s = serve()
-    s.service.abort("early-bird")
-    sink = Sink()
-    s.service.submit("early-bird", "Never run this", SamplingParams(max_tokens=8), sink)
-    wait(sink)
-    assert (sink.completion.finish_reason, sink.completion.num_output_tokens) == ("abort", 0)
-    assert s.runner.steps == []
-
-
-def test_abort_needs_an_id(serve):
-    with pytest.raises(InvalidInput, match="request id"):
-        serve().service.abort("")
-
-
 @pytest.mark.parametrize("limit", ["loose", "same_step"])
 def test_stop_string_cuts_the_text_and_frees_the_blocks(serve, kit, tokenizer, limit):
     s = serve()

@@ -262,8 +262,8 @@ def _wait_for(condition, timeout: float = 60.0) -> bool:
 
 
 def test_cancelling_an_llm_stream_stops_its_generation(server):
-    """A gRPC stream to `llm` cancelled after its first tokens: the router aborts the generator's
-    request (the finish counter counts an abort) and the engine's running gauge and KV usage return
+    """A gRPC stream to `llm` cancelled after its first tokens: the router cancels its stream to the
+    generator, which aborts the request (the finish counter counts an abort) and the engine's running gauge and KV usage return
     to 0. (Through `rag` this does not hold on Triton 2.51: the ensemble does not pass the cancel to
     its in-flight `llm` step, so the router cannot see it; see README, Security and limits.)"""
     long = json.dumps({"max_tokens": 1500, "temperature": 0, "ignore_eos": True})
@@ -289,15 +289,6 @@ def test_cancelling_an_llm_stream_stops_its_generation(server):
     assert _wait_for(lambda: _engine_gauges(server) == (0, 0)), f"running, KV usage: {_engine_gauges(server)}"
 
 
-def test_the_abort_channel_is_closed_to_clients(server):
-    """`abort_request_id` sent straight to `generator` without the server's key aborts nothing: INVALID_ARG.
-    (The router's own aborts carry the key: the llm cancel test above counts one.)"""
-    for value in ("route@0123456789ab", ":route@0123456789ab", "guess:route@0123456789ab"):
-        inputs = [bytes_input("text_input", ""), bytes_input("abort_request_id", value)]
-        error = _drain_errors(server.grpc_url, "generator", inputs)
-        assert error is not None and "reserved for the server's own router" in error.message(), value
-
-
 def _cancel_after_first_token(url: str, index: int) -> bool:
     """True when the stream got its first token before the cancel; False when it was refused
     (the router sheds streams past max_streams while cancelled ones still drain)."""
@@ -319,26 +310,19 @@ def _cancel_after_first_token(url: str, index: int) -> bool:
         client.close()
 
 
-@pytest.mark.skipif(
-    os.environ.get("TRITONRAG_SLOW") != "1",
-    reason="the 400-stream cancel storm crashed tritonserver 2.51 (lock_exception) in a clean run, taking the "
-    "shared test server down (issue 13); TRITONRAG_SLOW=1 runs it",
-)
 def test_a_cancel_storm_leaves_the_server_up_and_nothing_held(server):
-    """400 `llm` streams, 32 at a time, each cancelled after its first token (one abort call per router
-    tick, not one per cancel: a storm of the latter crashed 2.51): generations are aborted, the
-    server stays ready and the engine holds no sequence and no KV block afterwards."""
+    """400 `llm` streams, 32 at a time, each cancelled after its first token: every started generation is
+    aborted, the server stays ready and the engine holds no sequence and no KV block afterwards. (This
+    storm crashed tritonserver 2.51 until custom metrics were serialised: tritonrag.triton.custom_metrics.)"""
     streams = 400
     aborts_before = _aborts(server)
     with ThreadPoolExecutor(32) as pool:
         started = sum(pool.map(lambda i: _cancel_after_first_token(server.grpc_url, i), range(streams)))
     assert _wait_for(lambda: _engine_gauges(server) == (0, 0)), f"running, KV usage: {_engine_gauges(server)}"
     assert started >= streams // 2, f"only {started} of {streams} streams started"
-    # Started generations are aborted, not run to 200 tokens. Two clean runs counted 336 of 400 as
-    # aborted: 64 (the router's max_streams) finished otherwise; not yet explained (issue 13), so the
-    # bar is 3/4 while nothing may stay held (above) and the server must stay ready (below).
+    # Started generations are aborted, not run to their 200 tokens.
     aborted = _aborts(server) - aborts_before
-    assert aborted >= started * 0.75, (started, aborted)
+    assert aborted >= started, (started, aborted)
     health = httpclient.InferenceServerClient(server.http_url)
     try:
         assert health.is_server_ready()

@@ -13,12 +13,12 @@ in force, shadow agreement and the rollout in the weights file are Triton custom
 a guarded rollout found in the weights file (tritonrag.triton.rollout_driver), scraping its
 own server's /metrics; several replicas share the work through the file's lock and lease.
 
-A caller that cancels has its stream ended at once. This Python backend (Triton 2.51) has
-no way to cancel a BLS request it started, so the router names each generator request
-uniquely and, on a cancel, sends the generator an abort for that name (its optional
-`abort_request_id` input, with the server's key: tritonrag.triton.abort_channel): the engine
-drops the sequence within a step and frees its KV blocks, and the router drains what is left
-of the stream. A thread polls the open streams, so a cancel is seen while a request still
+Each generator request is a gRPC stream to this server's own endpoint
+(tritonrag.triton.loopback), not a BLS call: tritonserver 2.51's Python backend crashed under
+many concurrent decoupled BLS streams (cancel storms, refused floods, shadow mirrors), and a BLS
+request cannot be cancelled there. A caller that cancels has its stream ended at once and the
+generator's request cancelled (Triton cancels it; the engine drops the sequence within a step and
+frees its KV blocks). A thread polls the open streams, so a cancel is seen while a request still
 waits in the generator's queue. Streams in flight are bounded (`max_streams`): one more is
 refused UNAVAILABLE at once. Every stream's sender is a triton_io.StreamSender: one FINAL,
 nothing after it, and the request is never touched once FINAL is sent.
@@ -38,16 +38,14 @@ import triton_python_backend_utils as pb_utils
 from tritonrag.errors import Unavailable
 from tritonrag.sampling import SamplingParams
 from tritonrag.triton import io as triton_io
-from tritonrag.triton.abort_channel import abort_value
 from tritonrag.triton.canary import RoutingConfig, WeightsFile, canary_file_path, check_pin, choose, parse_pin
+from tritonrag.triton.loopback import ClientPool, LoopbackStream, grpc_url
 from tritonrag.triton.prom import scrape
 from tritonrag.triton.rollout import RolloutState
 from tritonrag.triton.rollout_driver import RolloutDriver, drive_until, driver_id, metrics_url
 from tritonrag.triton.router_metrics import RouterMetrics
 from tritonrag.triton.shadow import ShadowPair, is_greedy
 from tritonrag.triton.vllm_interface import SOURCES_INPUT, read_request
-
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class TritonPythonModel:
@@ -83,9 +81,10 @@ class TritonPythonModel:
         self.stopped = threading.Event()
         self.watcher = threading.Thread(target=self._watch_weights, name="weights", daemon=True)
         self.watcher.start()
-        self.live: dict[str, tuple] = {}  # generator request id -> (caller's StreamSender, version)
+        # This server's own gRPC endpoint ($TRITONRAG_GRPC_URL, set by tritonrag.triton.server).
+        self.clients = ClientPool(grpc_url(params.get("grpc_url", "127.0.0.1:8001")))
+        self.live: dict[str, tuple] = {}  # generator request id -> (caller's StreamSender, stream, version)
         self.live_lock = threading.Lock()
-        self.aborts: dict[int, list[str]] = {}  # version -> generator request ids to abort at the next tick
         threading.Thread(target=self._watch_cancels, name="cancels", daemon=True).start()
         if params.get("rollout_driver", "false").strip().lower() == "true":
             self._start_driver(metrics_url(params.get("metrics_url", "http://127.0.0.1:8002/metrics")))
@@ -115,7 +114,7 @@ class TritonPythonModel:
                 self.metrics.count("rejected")
                 sender.fail(exc)
                 continue
-            # Unique per generator request, so that an abort names exactly this one.
+            # Unique per generator request: the generator's logs and metrics tell routed requests apart.
             request_id = f"{request.request_id() or 'route'}@{uuid.uuid4().hex[:12]}"
             self.metrics.count("requests", route.version, route.mode)
             pair = self._pair(inputs, route.shadow) if route.shadow is not None else None
@@ -126,8 +125,8 @@ class TritonPythonModel:
 
     def _pair(self, inputs, version: int) -> ShadowPair | None:
         """Where a greedy request's two outputs meet to be compared (None: not greedy, nothing to compare)."""
-        sampling = next((t for t in inputs if t.name() == "sampling_parameters"), None)
-        if not is_greedy(None if sampling is None else sampling.as_numpy().reshape(-1)[0]):
+        sampling = inputs.get("sampling_parameters")
+        if not is_greedy(None if sampling is None else sampling.reshape(-1)[0]):
             return None
         return ShadowPair(lambda agreement: self.metrics.count_agreement(version, agreement))
 
@@ -138,46 +137,35 @@ class TritonPythonModel:
         ready = lambda v: pb_utils.is_model_ready(model_name=self.target, model_version=str(v))  # noqa: E731
         return check_pin(pin, ready, self.weights.current(), self.target)
 
-    def _child(self, inputs, request_id: str, version: int):
-        return pb_utils.InferenceRequest(
-            model_name=self.target,
-            model_version=version,
-            inputs=inputs,
-            requested_output_names=self.outputs,
-            request_id=request_id,
-        )
+    def _stream(self, inputs, request_id: str, version: int) -> LoopbackStream:
+        return LoopbackStream(self.clients, self.target, version, inputs, self.outputs, request_id)
 
     def _forward(self, request, sender, inputs, request_id: str, version: int, mode: str, pair=None) -> None:
         """Stream the chosen version's responses to the caller; its error ends the stream.
         With a shadow `pair`, the whole text goes to it when the stream ended well (None otherwise)."""
         served = pb_utils.Tensor("served_version", np.array([version], dtype=np.int32))
-        cancelled, texts = False, []
-        with self.live_lock:
-            self.live[request_id] = (sender, version)
+        texts: list[str] | None = []
+        stream = None
         try:
-            for response in self._child(inputs, request_id, version).exec(decoupled=True):
-                if response.has_error():
+            stream = self._stream(inputs, request_id, version)
+            with self.live_lock:
+                self.live[request_id] = (sender, stream, version)
+            for reply in stream:
+                if reply.error is not None:
                     self.metrics.count("failures", version, mode)
-                    error = response.error()
-                    # A fresh error object: the BLS response's own is freed with it.
-                    sender.send(
-                        pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code())),
-                        final=True,
-                    )
+                    sender.fail(reply.error)
                     texts = None
-                    continue  # drain the BLS stream to its end; nothing more goes to the caller
-                if sender.closed or not response.output_tensors():
+                    break
+                if not reply.outputs or sender.closed:
                     continue
                 if sender.cancel():
-                    # A BLS request cannot be cancelled from here: the caller's stream is ended now;
-                    # ask the generator to abort this request, and drain what it still sends.
-                    cancelled = True
-                    self._queue_abort(request_id, version)
-                    continue
-                if pair is not None and texts is not None:
-                    texts.append(_text(response))
-                sender.send(pb_utils.InferenceResponse(output_tensors=response.output_tensors() + [served]))
-            if not sender.send(final=True):  # ended before: cancelled (here or by the watcher) or failed
+                    self._cancelled(stream, version)
+                    break
+                if texts is not None and pair is not None:
+                    texts.append(_text(reply.outputs))
+                tensors = [pb_utils.Tensor(name, array) for name, array in reply.outputs.items()]
+                sender.send(pb_utils.InferenceResponse(output_tensors=tensors + [served]))
+            if stream.cancelled or not sender.send(final=True):  # ended before: cancelled or failed
                 texts = None
         except Exception as exc:  # noqa: BLE001
             texts = None
@@ -186,44 +174,27 @@ class TritonPythonModel:
         finally:
             with self.live_lock:
                 self.live.pop(request_id, None)
+            if stream is not None:
+                stream.cancel()  # no-op after the final response; frees the generator's request otherwise
             self.stream_slots.release()
             if pair is not None:
-                pair.primary_done(None if cancelled or texts is None else "".join(texts))
+                pair.primary_done(texts if texts is None else "".join(texts))
+
+    def _cancelled(self, stream: LoopbackStream, version: int) -> None:
+        """The caller cancelled: cancel the generator's request (Triton tells the engine, which frees its blocks)."""
+        if not stream.cancelled:
+            stream.cancel()
+            self.metrics.count("aborted", version, "cancel")
 
     def _watch_cancels(self) -> None:
         """A caller may cancel while its request waits in the generator's queue (no response arrives
-        to notice it on): poll the open streams, end a cancelled one and abort its generator request."""
+        to notice it on): poll the open streams, end a cancelled one and cancel its generator request."""
         while not self.stopped.wait(0.25):
             with self.live_lock:
-                streams = list(self.live.items())
-            for request_id, (sender, version) in streams:
+                streams = list(self.live.values())
+            for sender, stream, version in streams:
                 if sender.cancel():
-                    self._queue_abort(request_id, version)
-            self._send_aborts()
-
-    def _queue_abort(self, request_id: str, version: int) -> None:
-        with self.live_lock:
-            self.aborts.setdefault(version, []).append(request_id)
-
-    def _send_aborts(self) -> None:
-        """One abort call per generator version and tick, naming every request cancelled since the last:
-        a storm of one-call-per-cancel aborts (each ending at once) crashed tritonserver 2.51."""
-        with self.live_lock:
-            aborts, self.aborts = self.aborts, {}
-        for version, ids in aborts.items():
-            value = abort_value(json.dumps(ids))
-            inputs = [
-                pb_utils.Tensor("text_input", np.array([b""], dtype=np.object_)),
-                pb_utils.Tensor("abort_request_id", np.array([value.encode()], dtype=np.object_)),
-            ]
-            try:
-                for response in self._child(inputs, f"abort@{uuid.uuid4().hex[:12]}", version).exec(decoupled=True):
-                    if response.has_error():
-                        pb_utils.Logger.log_warn(f"llm: abort of {len(ids)}: {response.error().message()}")
-            except Exception as exc:  # noqa: BLE001 - those requests then run to their end, drained
-                pb_utils.Logger.log_warn(f"llm: abort of {len(ids)} failed: {exc}")
-            for _ in ids:
-                self.metrics.count("aborted", version, "cancel")
+                    self._cancelled(stream, version)
 
     def _mirror(self, inputs, request_id: str, version: int, pair: ShadowPair | None) -> None:
         if not self.shadow_slots.acquire(blocking=False):
@@ -234,15 +205,15 @@ class TritonPythonModel:
 
     def _shadow(self, inputs, request_id: str, version: int, pair: ShadowPair | None) -> None:
         """Run the mirror to its end; its text goes only to `pair` (compared with the primary's)."""
-        texts = []
+        texts: list[str] | None = []
         try:
-            for response in self._child(inputs, request_id, version).exec(decoupled=True):
-                if response.has_error():
+            for reply in self._stream(inputs, request_id, version):
+                if reply.error is not None:
                     self.metrics.count("failures", version, "shadow")
                     texts = None
-                    continue  # drain the BLS stream to its end, as _forward does
+                    break
                 if texts is not None:
-                    texts.append(_text(response))
+                    texts.append(_text(reply.outputs))
         except Exception:  # noqa: BLE001
             texts = None
             self.metrics.count("failures", version, "shadow")
@@ -283,30 +254,28 @@ class TritonPythonModel:
         self.stopped.set()
         self.streams.shutdown(wait=True)  # in-flight streams finish before the model goes away
         self.shadows.shutdown(wait=True)
+        self.clients.close()
 
 
-def _generator_inputs(request) -> list:
-    """The generator's inputs as fresh tensors owned by this process (they outlive execute).
+def _generator_inputs(request) -> dict[str, np.ndarray]:
+    """The generator's inputs as arrays owned by this process (they outlive execute).
 
     vllm_backend's inputs with request parameters folded in and every flag explicit (a
     bad one is INVALID_ARG here), and the ensemble's sources passed through.
     """
     llm_request = read_request(triton_io.input_reader(request), request.parameters())
-    # Every sampling value checked here, so a bad one never reaches the generator: an error sent back
-    # through a decoupled BLS stream is the path that crashed tritonserver 2.51 (README, Security and limits).
+    # Every sampling value checked here, so a bad one is refused before a stream is opened.
     SamplingParams.from_dict(llm_request.engine_sampling())
-    tensors = [pb_utils.Tensor(name, array) for name, array in llm_request.to_inputs().items()]
+    arrays = dict(llm_request.to_inputs())
     sources = pb_utils.get_input_tensor_by_name(request, SOURCES_INPUT.name)
     if sources is not None:
-        tensors.append(pb_utils.Tensor(SOURCES_INPUT.name, np.array(sources.as_numpy(), copy=True)))
-    return tensors
+        arrays[SOURCES_INPUT.name] = np.array(sources.as_numpy(), copy=True)
+    return arrays
 
 
-def _text(response) -> str:
+def _text(outputs: dict[str, np.ndarray]) -> str:
     """A response's text_output, decoded (empty when it has none)."""
-    tensor = pb_utils.get_output_tensor_by_name(response, "text_output")
-    if tensor is None:
+    array = outputs.get("text_output")
+    if array is None:
         return ""
-    return "".join(
-        t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in tensor.as_numpy().reshape(-1)
-    )
+    return "".join(t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in array.reshape(-1))

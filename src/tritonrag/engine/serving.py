@@ -158,7 +158,6 @@ class GenerationService:
     """Owns an LLMEngine and drives it from a background thread."""
 
     IDLE_WAIT_S = 0.05
-    ABORT_TTL_S = 30.0  # an abort may arrive before its request; it waits this long
 
     def __init__(self, engine: LLMEngine, tokenizer: Tokenizer, observer: Observer | None = None):
         self.engine = engine
@@ -169,7 +168,6 @@ class GenerationService:
         self._ids = itertools.count()
         self._lock = threading.Lock()  # submit vs shutdown: nothing is queued after the final drain
         self._stopping = threading.Event()
-        self._aborts: dict[str, float] = {}  # client request id -> when the abort expires unmatched
         self._thread = threading.Thread(target=self._loop, name="tritonrag-engine", daemon=True)
         self._thread.start()
 
@@ -193,18 +191,6 @@ class GenerationService:
             # Triton request ids are optional ("" for many clients) and need not be unique.
             request_id = f"{client_id}#{next(self._ids)}"
             self._inbox.put(_Submission(request_id, client_id, prompt_ids, sampling, sink, time.monotonic()))
-
-    def abort(self, client_id: str) -> None:
-        """Abort the requests submitted under this client id, as if their clients had cancelled.
-
-        For a caller that cannot cancel through the request itself: a router that started the
-        request with a BLS call (Triton's Python backend cannot cancel those). Takes effect
-        within one step; an id that matches nothing within ABORT_TTL_S is forgotten.
-        """
-        if not client_id:
-            raise InvalidInput("an abort needs the request id of the request to abort")
-        with self._lock:
-            self._aborts[client_id] = time.monotonic() + self.ABORT_TTL_S
 
     def generate(self, prompt: str, sampling: SamplingParams, timeout: float | None = None) -> CollectingSink:
         """Blocking convenience: submit, wait, return the finished sink."""
@@ -266,8 +252,7 @@ class GenerationService:
                 return
 
     def _add(self, item: _Submission) -> None:
-        if _is_cancelled(item.sink) or self._aborted(item.client_id):  # never reaches the engine
-            self._forget_aborts({item.client_id})
+        if _is_cancelled(item.sink):  # never reaches the engine
             completion = Completion(FinishReason.ABORT.value, len(item.prompt_ids), 0, 0)
             _call(item.sink.finish, "", completion)
             self._observe("on_finish", time.monotonic() - item.arrival, completion)
@@ -292,28 +277,10 @@ class GenerationService:
 
     def _drop_cancelled(self) -> int:
         """Abort requests whose client cancelled or went away; their blocks are freed at once."""
-        cancelled = [
-            request_id
-            for request_id, live in self._live.items()
-            if _is_cancelled(live.sink) or self._aborted(live.client_id)
-        ]
-        matched = {self._live[request_id].client_id for request_id in cancelled}
+        cancelled = [request_id for request_id, live in self._live.items() if _is_cancelled(live.sink)]
         for request_id in cancelled:
             self._end(request_id, FinishReason.ABORT)
-        self._forget_aborts(matched)
         return len(cancelled)
-
-    def _aborted(self, client_id: str) -> bool:
-        with self._lock:
-            return client_id in self._aborts
-
-    def _forget_aborts(self, matched: set[str]) -> None:
-        """Drop aborts that found their requests, and those that waited ABORT_TTL_S in vain."""
-        now = time.monotonic()
-        with self._lock:
-            for client_id, expires in list(self._aborts.items()):
-                if client_id in matched or expires < now:
-                    del self._aborts[client_id]
 
     def _deliver(self, output: StepOutput) -> None:
         request_id = output.request_id

@@ -16,12 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tritonrag.errors import GOING_AWAY_MARKERS, INTERNAL_MARKER, SHED_LOAD_MARKERS
 from tritonrag.openai.protocol import ErrorDetail, ErrorResponse
-
-# Messages of UNAVAILABLE errors: a full queue (shed load, retry soon) and a server going away.
-SHED_LOAD_MARKERS = ("queue is full", "retry later", "exceeds maximum queue size", "rate limit")
-GOING_AWAY_MARKERS = ("shutting down", "is not ready", "no available versions", "failed to connect")
-INTERNAL_MARKER = "internal error"
 
 
 class OpenAIError(Exception):

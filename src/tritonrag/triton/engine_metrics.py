@@ -3,7 +3,8 @@
 The serving loop calls the observer's hooks (tritonrag.engine.serving.Observer); each hook
 updates our `tritonrag_*` family and its vLLM twin (`vllm:*`, the names vllm_backend exports),
 labelled by model and version. The families are made through `make_family`, which inside
-Triton is `pb_utils.MetricFamily` (see `triton_family`); tests pass a recorder.
+Triton is `pb_utils.MetricFamily` behind one lock (tritonrag.triton.custom_metrics.triton_family);
+tests pass a recorder.
 """
 
 from __future__ import annotations
@@ -23,17 +24,10 @@ _COUNTERS = {
     "num_preemptions": (metrics.PREEMPTIONS, metrics.VLLM_PREEMPTIONS),
     "prompt_tokens_total": (metrics.PROMPT_TOKENS, metrics.VLLM_PROMPT_TOKENS),
     "generation_tokens_total": (metrics.GENERATION_TOKENS, metrics.VLLM_GENERATION_TOKENS),
+    "num_steps": (metrics.ENGINE_STEPS,),  # ours only: vLLM exports no such counters
+    "num_mixed_steps": (metrics.MIXED_STEPS,),
+    "num_partial_prefill_chunks": (metrics.PARTIAL_PREFILL_CHUNKS,),
 }
-
-
-def triton_family(pb_utils) -> MakeFamily:
-    """Make families with Triton's Python backend API (`pb_utils` is triton_python_backend_utils)."""
-    kinds = {
-        metrics.COUNTER: pb_utils.MetricFamily.COUNTER,
-        metrics.GAUGE: pb_utils.MetricFamily.GAUGE,
-        metrics.HISTOGRAM: pb_utils.MetricFamily.HISTOGRAM,
-    }
-    return lambda family: pb_utils.MetricFamily(name=family.name, description=family.doc, kind=kinds[family.kind])
 
 
 class EngineMetrics:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tritonrag.errors import InvalidInput, Unavailable
+from tritonrag.errors import INTERNAL_MARKER, InvalidInput, Unavailable
 from tritonrag.paths import resolve_artifact
 
 
@@ -96,7 +96,9 @@ def error_response(exc: BaseException):
     else:
         code = pb_utils.TritonError.INTERNAL
         pb_utils.Logger.log_error(f"tritonrag: {traceback.format_exc()}")
-    message = str(exc) if code != pb_utils.TritonError.INTERNAL else f"internal error: {exc!r}"
+    message = str(exc)
+    if code == pb_utils.TritonError.INTERNAL and not message.startswith(INTERNAL_MARKER):
+        message = f"{INTERNAL_MARKER}: {exc!r}"
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 

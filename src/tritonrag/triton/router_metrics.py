@@ -15,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag import metrics
 from tritonrag.triton.canary import RoutingConfig
+from tritonrag.triton.custom_metrics import triton_family
 from tritonrag.triton.guards import PASS, TRIP
 from tritonrag.triton.rollout import ROLLBACK, RolloutState
 from tritonrag.triton.shadow import Agreement
@@ -42,12 +43,10 @@ class RouterMetrics:
     """Counters and gauges labelled by the target model (and version, mode, role, guard)."""
 
     def __init__(self, target: str):
-        # Read here, not at import: the stub that auto-completes a config imports model.py without MetricFamily.
-        kinds = {metrics.COUNTER: pb_utils.MetricFamily.COUNTER, metrics.GAUGE: pb_utils.MetricFamily.GAUGE}
-        self.families = {
-            key: pb_utils.MetricFamily(name=family.name, description=family.doc, kind=kinds[family.kind])
-            for key, family in FAMILIES.items()
-        }
+        # Made here, not at import: the stub that auto-completes a config imports model.py without MetricFamily.
+        # Every metric call holds one lock (tritonrag.triton.custom_metrics: concurrent calls crash 2.51).
+        make_family = triton_family(pb_utils)
+        self.families = {key: make_family(family) for key, family in FAMILIES.items()}
         self.target = target
         self.metrics: dict[tuple, object] = {}
         self.lock = threading.Lock()

@@ -9,6 +9,7 @@ on PATH; then every model imports the virtualenv's packages, ours included.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tritonrag.paths import MODEL_REPOSITORY, REPO_ROOT, artifacts_dir
-from tritonrag.triton.abort_channel import ABORT_KEY_ENV, new_key
+from tritonrag.triton.loopback import GRPC_URL_ENV
 
 BACKEND_NAME = "tritonrag_llm"
 PYTRITON_DIR = "pytriton/tritonserver"
@@ -85,6 +86,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def new_key() -> str:
+    return secrets.token_hex(16)
+
+
 ADMIN_KEY_ENV = "TRITONRAG_ADMIN_KEY"
 ADMIN_HEADER = "tritonrag-admin-key"  # lower case: gRPC metadata keys are
 ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")  # load/unload, log and trace settings
@@ -102,7 +107,6 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
-    abort_key: str = field(default_factory=new_key, repr=False)  # a fresh secret for every server
     # Triton's admin APIs (ADMIN_APIS) answer only with this key in the ADMIN_HEADER header (HTTP and
     # gRPC metadata): $TRITONRAG_ADMIN_KEY, else a random key no one knows (admin calls refused). None: open.
     admin_key: str | None = field(default_factory=lambda: os.environ.get(ADMIN_KEY_ENV) or new_key(), repr=False)
@@ -160,7 +164,9 @@ class TritonServer:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("TRITONRAG_ARTIFACTS", str(artifacts_dir()))
-        env.setdefault(ABORT_KEY_ENV, self.abort_key)  # the router's abort channel (tritonrag.triton.abort_channel)
+        # The llm router reaches the generator through this server's own gRPC endpoint (tritonrag.triton.loopback).
+        loopback = "127.0.0.1" if self.bind_address in ("0.0.0.0", "127.0.0.1", "") else self.bind_address
+        env[GRPC_URL_ENV] = f"{loopback}:{self.grpc_port}"
         return env
 
     def start(self, foreground: bool = False) -> TritonServer:

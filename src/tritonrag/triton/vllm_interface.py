@@ -75,11 +75,9 @@ OWN_RETURNABLE = ("num_cached_tokens",)
 OWN_INPUTS = (_flag("return_num_cached_tokens"),)
 OWN_OUTPUTS = (TensorSpec("num_cached_tokens", "TYPE_UINT32", (1,)),)
 
-# The generator's internal inputs: the ensemble's sources passed through (returned with the
-# first response), and a router's abort of a request it started (a BLS request cannot be cancelled).
+# The generator's internal input: the ensemble's sources passed through (returned with the first response).
 SOURCES_INPUT = TensorSpec("sources", "TYPE_STRING", (1,), optional=True)
 SOURCES_OUTPUT = TensorSpec("sources", "TYPE_STRING", (-1,))
-ABORT_INPUT = TensorSpec("abort_request_id", "TYPE_STRING", (1,), optional=True)
 
 # The public model's routing inputs and the version that answered.
 ROUTING_INPUTS = (
@@ -88,7 +86,7 @@ ROUTING_INPUTS = (
 )
 SERVED_VERSION = TensorSpec("served_version", "TYPE_INT32", (1,))
 
-GENERATOR_INPUTS = (*INPUTS, *OWN_INPUTS, SOURCES_INPUT, ABORT_INPUT)
+GENERATOR_INPUTS = (*INPUTS, *OWN_INPUTS, SOURCES_INPUT)
 GENERATOR_OUTPUTS = (*OUTPUTS, *OWN_OUTPUTS, SOURCES_OUTPUT)
 LLM_INPUTS = (*INPUTS, *OWN_INPUTS, SOURCES_INPUT, *ROUTING_INPUTS)
 LLM_OUTPUTS = (*GENERATOR_OUTPUTS, SERVED_VERSION)
