@@ -229,6 +229,9 @@ class Stats:
     num_preemptions: int = 0
     prompt_tokens_total: int = 10
     generation_tokens_total: int = 3
+    num_steps: int = 4
+    num_mixed_steps: int = 1
+    num_partial_prefill_chunks: int = 2
 
 
 def test_engine_metrics_feed_ours_and_vllms_names():
@@ -244,6 +247,8 @@ def test_engine_metrics_feed_ours_and_vllms_names():
     assert got["vllm:time_to_first_token_seconds"][labels] == [0.2] == got[metrics.TTFT.name][labels]
     assert got["vllm:prompt_tokens_total"][labels] == [10] and got["vllm:generation_tokens_total"][labels] == [3]
     assert got["vllm:iteration_tokens_total"][labels] == [13]
+    assert got[metrics.ENGINE_STEPS.name][labels] == [4] and got[metrics.MIXED_STEPS.name][labels] == [1]
+    assert got[metrics.PARTIAL_PREFILL_CHUNKS.name][labels] == [2]
     assert got["vllm:num_requests_running"][labels] == [2] and got["vllm:kv_cache_usage_perc"][labels] == [0.25]
     assert got["vllm:gpu_cache_usage_perc"][labels] == [0.25]
     assert got["vllm:request_generation_tokens"][labels] == [3]

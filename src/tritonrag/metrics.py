@@ -33,6 +33,16 @@ PREEMPTIONS = Family("tritonrag_num_preemptions_total", COUNTER, "Sequences pree
 PROMPT_TOKENS = Family("tritonrag_prompt_tokens_total", COUNTER, "Prompt tokens processed")
 GENERATION_TOKENS = Family("tritonrag_generation_tokens_total", COUNTER, "Tokens generated")
 REQUEST_SUCCESS = Family("tritonrag_request_success_total", COUNTER, "Finished requests by reason")
+# The batch shapes continuous batching claims (tests/server/test_batching.py reads them through a server).
+ENGINE_STEPS = Family("tritonrag_engine_steps_total", COUNTER, "Engine steps that computed tokens")
+MIXED_STEPS = Family(
+    "tritonrag_mixed_steps_total", COUNTER, "Engine steps that computed prefill chunks beside decode rows"
+)
+PARTIAL_PREFILL_CHUNKS = Family(
+    "tritonrag_partial_prefill_chunks_total",
+    COUNTER,
+    "Prefill chunks that stopped short of their sequence's end (chunked prefill: the rest comes in later steps)",
+)
 
 ENGINE_FAMILIES = (
     TTFT,
@@ -46,6 +56,9 @@ ENGINE_FAMILIES = (
     PROMPT_TOKENS,
     GENERATION_TOKENS,
     REQUEST_SUCCESS,
+    ENGINE_STEPS,
+    MIXED_STEPS,
+    PARTIAL_PREFILL_CHUNKS,
 )
 # Neighbouring bounds at most 1.5x apart from 50 ms to 30 s: the rollout's latency guards compare p95s
 # interpolated within buckets (tritonrag.triton.guards), and 1-2.5-5 buckets moved a p95 by up to 2.5x.

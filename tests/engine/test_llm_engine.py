@@ -80,6 +80,18 @@ def test_chunked_prefill_matches_reference(kit):
     assert len(long_chunks) > 1  # the 39-token prompt was split
 
 
+def test_step_shape_counters(kit):
+    """A 20-token prompt arriving beside a running decode: 7 + 7 + 6 tokens, each chunk beside the decode row."""
+    engine, runner = kit.make_engine(max_num_batched_tokens=8)
+    engine.add_request("decode", [1, 2, 3], SamplingParams(max_tokens=10))
+    engine.step()  # its prefill alone: not mixed
+    engine.add_request("long", list(range(5, 25)), SamplingParams(max_tokens=1))
+    kit.run_engine(engine)
+    assert [n for step in runner.steps[1:4] for rid, _, n in step if rid == "long"] == [7, 7, 6]
+    stats = engine.stats()
+    assert (stats.num_steps, stats.num_mixed_steps, stats.num_partial_prefill_chunks) == (len(runner.steps), 3, 2)
+
+
 def test_forced_preemption_matches_reference(kit):
     engine, _ = kit.make_engine(num_kv_blocks=10, max_num_seqs=4)
     prompts = prompts_with_shared_prefix(6, prefix_len=6, tail_len=3)

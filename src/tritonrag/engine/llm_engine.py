@@ -78,12 +78,25 @@ class EngineStats:
     num_preemptions: int
     prompt_tokens_total: int
     generation_tokens_total: int
+    num_steps: int = 0  # steps that computed something
+    num_mixed_steps: int = 0  # of those, steps with prefill chunks beside decode rows
+    num_partial_prefill_chunks: int = 0  # prefill chunks that stopped short of the sequence's end
 
 
 @dataclass
 class _Totals:
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    steps: int = 0
+    mixed_steps: int = 0
+    partial_prefill_chunks: int = 0
+
+    def count_step(self, out: SchedulerOutput) -> None:
+        """The step's shape, for metrics that show chunked prefill riding beside running decodes."""
+        decodes = sum(chunk.is_decode for chunk in out.chunks)
+        self.steps += 1
+        self.mixed_steps += 0 < decodes < len(out.chunks)
+        self.partial_prefill_chunks += sum(not chunk.samples for chunk in out.chunks)
 
 
 def _fit_model_len(config: EngineConfig, num_blocks: int) -> tuple[EngineConfig, str | None]:
@@ -150,6 +163,7 @@ class LLMEngine:
         sampling_seqs = [chunk.seq for chunk in out.chunks if chunk.samples]
         tokens: list[SampledToken] = []
         if not out.is_empty:
+            self._totals.count_step(out)  # before the step moves the chunks' starts
             logits = self.runner.execute(out)
             if sampling_seqs:
                 tokens = [_sampled(t) for t in self.sampler.sample(logits, sampling_seqs)]
@@ -196,6 +210,9 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             prompt_tokens_total=self._totals.prompt_tokens,
             generation_tokens_total=self._totals.generation_tokens,
+            num_steps=self._totals.steps,
+            num_mixed_steps=self._totals.mixed_steps,
+            num_partial_prefill_chunks=self._totals.partial_prefill_chunks,
         )
 
 

@@ -114,6 +114,11 @@ class ScheduledChunk:
     def samples(self) -> bool:
         return self.end == self.seq.num_tokens
 
+    @property
+    def is_decode(self) -> bool:
+        """One generated token after its context; any other chunk prefills (prompt or recomputed tokens)."""
+        return self.num_new_tokens == 1 and self.start >= self.seq.num_prompt_tokens
+
 
 @dataclass
 class SchedulerOutput:
