@@ -312,7 +312,7 @@ def test_keyless_split_is_random(server, streams, weights_file):
 
 
 def test_cancelled_routed_stream_aborts_the_generator_request(server, streams):
-    """The router cannot cancel its BLS request, so it sends the generator an abort by request id:
+    """A cancelled `llm` stream cancels the router's stream to the generator, which aborts the request:
     the sequence ends as `abort` (not `length`), its blocks are freed, serving goes on."""
     aborted = lambda: metric(server, "tritonrag_request_success_total", finished_reason="abort", version="1", **GEN)  # noqa: E731
     before = aborted()

@@ -28,6 +28,8 @@ from tritonrag.triton.server import TritonServer, free_port
 API_KEY = "test-key-for-openai-tests"
 EMBEDDER_QUEUE = 4
 MAX_QUEUE_SIZE = re.compile(r"(max_queue_size: )(\d+)")
+GENERATOR_WAITING = 4  # the engine's waiting queue, cut so that a burst of a few dozen streams overflows it
+MAX_WAITING = re.compile(r'(key: "max_waiting" value: \{ string_value: ")(\d+)')
 
 
 def pytest_collection_modifyitems(items):
@@ -62,9 +64,10 @@ class Stack:
 
 
 def repository_copy(target: Path) -> Path:
-    """The model repository with the embedder's queue cut (see the module docstring)."""
+    """The model repository with the embedder's queue and the engine's waiting queue cut (shed-load tests)."""
     shutil.copytree(MODEL_REPOSITORY, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     _cut(target / "embedder" / "config.pbtxt", MAX_QUEUE_SIZE, rf"\g<1>{EMBEDDER_QUEUE}")
+    _cut(target / "generator" / "config.pbtxt", MAX_WAITING, rf"\g<1>{GENERATOR_WAITING}")
     return target
 
 

@@ -1,16 +1,13 @@
 """Each error status in OpenAI's shape, as the `openai` client sees it: 400, 401, 404, 429 on shed load.
 
-Shed load is reached through the embedder's queue (Triton's queue policy). Filling the engine's
-waiting queue through the public `llm` model crashes tritonserver 2.51 today (a few dozen concurrent
-streams, most refused UNAVAILABLE by the generator and relayed by the llm router: the Python backend
-dies with boost::interprocess::lock_exception / SIGSEGV; the same flood sent to `generator` directly
-is refused cleanly), so that path's 429 is covered by the message mapping in test_units.py until the
-router survives it.
+Shed load is reached through the embedder's queue (Triton's queue policy) and through the engine's
+waiting queue behind the public `llm` model (both cut small in this stack's repository copy).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -108,3 +105,34 @@ def _serves_again(client, texts, timeout_s: float = 60.0) -> bool:
         except openai.RateLimitError:
             time.sleep(0.5)
     return False
+
+
+def test_llm_shed_load_is_429_and_the_llm_serves_again(stack, client, llm_id):
+    """A burst of 48 chat streams at an engine whose waiting queue holds 4 (and 32 running): the
+    ones the engine cannot queue are refused UNAVAILABLE by the generator, relayed by the `llm`
+    router, and answered 429 in OpenAI's shape; every other one completes. Afterwards nothing is
+    held and a plain request is served. (Such a burst once crashed tritonserver 2.51: README,
+    Security and limits, "The crash".)"""
+
+    def ask(index: int):
+        try:
+            stream = client.chat.completions.create(
+                model=llm_id,
+                messages=[{"role": "user", "content": f"Count to ten, take {index}."}],
+                max_tokens=16,
+                stream=True,
+            )
+            return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        except openai.APIStatusError as error:
+            return error
+
+    with ThreadPoolExecutor(48) as pool:
+        outcomes = list(pool.map(ask, range(48)))
+    refused = [o for o in outcomes if isinstance(o, openai.APIStatusError)]
+    assert refused, "48 streams at once fitted a waiting queue of 4: nothing was shed"
+    for error in refused:
+        assert_openai_shape(error, 429)
+    assert all(isinstance(o, str) and o for o in outcomes if o not in refused), outcomes
+    assert stack.wait_for(lambda: stack.metric("tritonrag_kv_cache_usage_perc") == 0.0)
+    again = client.chat.completions.create(model=llm_id, messages=MESSAGES, max_tokens=4)
+    assert again.choices[0].message.content

@@ -65,8 +65,7 @@ def _grpc_cases() -> list[tuple[str, list, str]]:
             )
         )
     cases.append((ENSEMBLE_MODEL, [bytes_input("sampling_parameters", SHORT)], "query"))
-    # Refused by the generator within microseconds, such requests crashed 2.51 through the router's BLS
-    # call (README, Security and limits): the router now refuses them itself.
+    # Refused by the router itself, before it opens a stream to the generator.
     cases.append((LLM_MODEL, [bytes_input("text_input", "")], "text_input"))
     cases.append(
         (

@@ -3,9 +3,9 @@
 It speaks vllm_backend's interface and sends each request to a generator version: the stable
 one unless the canary split or a pin says otherwise, and streams that version's responses back.
 `execute` reads each request (request parameters folded into the generator's input
-tensors, every flag explicit, since a BLS request carries tensors), routes it on Triton's
-thread (so a seeded router draws in arrival order) and hands it to a worker that calls the chosen generator version with a decoupled
-BLS request and forwards every response, adding `served_version`. Mirrors to the shadow
+tensors, every flag explicit, since a forwarded request carries tensors), routes it on Triton's
+thread (so a seeded router draws in arrival order) and hands it to a worker that calls the
+chosen generator version and forwards every response, adding `served_version`. Mirrors to the shadow
 version run on their own few workers, their output dropped; for a greedy request the mirror's
 text is compared with the primary's (tritonrag.triton.shadow). Routing counters, the split
 in force, shadow agreement and the rollout in the weights file are Triton custom metrics

@@ -174,7 +174,7 @@ def _prompt(read: InputReader) -> str:
     if value is None:
         raise InvalidInput(f"input {TEXT_INPUT.name!r} is required")
     size = len(value.encode("utf-8")) if isinstance(value, str) else len(bytes(value))
-    if size == 0:  # refused here, before the router's BLS call (README, Security and limits: the crash)
+    if size == 0:  # refused here, before the router opens a stream to the generator
         raise InvalidInput("text_input is empty")
     if size > MAX_PROMPT_BYTES:  # before any tokenizing: the tokenizer's time grows with the text
         raise InvalidInput(f"text_input is {size} bytes long; the limit is {MAX_PROMPT_BYTES}")
