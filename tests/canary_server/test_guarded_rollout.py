@@ -21,7 +21,6 @@ canary's first token comes tens of times later than the stable's.
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
@@ -44,15 +43,6 @@ from tritonrag.triton.guards import PASS
 from tritonrag.triton.rollout import ADVANCE, PROMOTE, PROMOTED, ROLLBACK, ROLLED_BACK
 from tritonrag.triton.rollout_driver import read_state
 from tritonrag_clients import canary as canary_cli
-
-# Triton 2.51's Python backend crashed (SIGSEGV / boost::interprocess::lock_exception in libtriton_python.so)
-# in the healthy rollout's shadow step in 2 of 4 clean-clone runs, leaving the rollout waiting on a dead
-# server; a known 2.51 race under concurrent decoupled BLS calls (README, Security and limits). Until the
-# mirrors avoid it, these run on demand only.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITONRAG_SLOW") != "1",
-    reason="tritonserver 2.51 crashes in the shadow step under concurrent BLS mirrors (issue 15); TRITONRAG_SLOW=1 runs them",
-)
 
 GEN = {"model": "generator"}
 SMALL_KV = str(64 * 2**20)
