@@ -21,7 +21,7 @@ Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: corpus-core corpus-full index-bench help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines gpu-check browser clean perf perf-tools
+.PHONY: corpus-core corpus-full index-bench help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines gpu-check browser clean perf perf-tools soak
 
 help:
 	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline,"
@@ -34,6 +34,8 @@ help:
 	@echo "make corpus-core  index only the most-used stdlib modules (corpus-full: every public module, the default)"
 	@echo "make bench     engine benchmark against Hugging Face generate()"
 	@echo "make bench-vllm  the same with vLLM's CPU build as a peer (opt-in: a separate, large .venv-vllm)"
+	@echo "make soak      mixed hostile traffic, bursts, a canary flip and a generator stub kill against its own"
+	@echo "               tritonserver, then leak/hang checks (artifacts/soak/; SOAK_ARGS=\"--minutes 20\" or \"--url h:8001 ...\")"
 	@echo "make perf      genai-perf against the running server's LLM (make serve first): a concurrency sweep"
 	@echo "               PERF_ARGS=\"--concurrency 1,4 --output-tokens 32 --url h:8001 --http-url h:8000 --metrics-url http://h:8002/metrics\""
 	@echo "make onnx      export every ONNX graph (embedder, generator step; reranker with --checkpoint)"
@@ -177,6 +179,12 @@ perf-tools: $(PERF_STAMP)
 
 perf: $(STAMP) $(WEIGHTS) perf-tools
 	$(PY) -m tritonrag_bench.perf $(PERF_ARGS)
+
+# Soak and chaos (issue 13): bounded minutes of mixed traffic against a tritonserver of its own (or --url),
+# then the checks: nothing leaked (KV, running, waiting), nothing hung, errors typed, server ready. Exit 1 if not.
+SOAK_ARGS ?=
+soak: setup
+	$(PY) -m tritonrag_bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(ART)

@@ -1,0 +1,76 @@
+"""The soak's chaos actions: a canary split change through the canary CLI, finding and killing a
+generator version's Python stub, and a burst of streams beyond the router's `max_streams`.
+
+The stub is found in /proc: a `triton_python_backend_stub` child of our tritonserver whose first
+argument is `<repository>/generator/<version>/model.py`. Only a child of the server the soak talks
+to is ever killed (found by its gRPC port when the soak attaches with --url).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+from pathlib import Path
+
+from tritonrag.defaults import GENERATOR_MODEL
+from tritonrag_clients import canary
+
+STUB_BINARY = "triton_python_backend_stub"
+
+
+def _cmdline(pid: str) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def _parent(pid: str) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def server_pid(grpc_port: int) -> int | None:
+    """The tritonserver process serving gRPC on this port on this machine, if there is one."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        args = _cmdline(pid)
+        if args and args[0].endswith("tritonserver") and f"--grpc-port={grpc_port}" in args:
+            return int(pid)
+    return None
+
+
+def stub_pid(server: int, version: int, model: str = GENERATOR_MODEL) -> int | None:
+    """The Python stub running `model` version `version` under tritonserver `server`."""
+    suffix = f"/{model}/{version}/model.py"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        args = _cmdline(pid)
+        if len(args) > 1 and args[0].endswith(STUB_BINARY) and args[1].endswith(suffix) and _parent(pid) == server:
+            return int(pid)
+    return None
+
+
+def kill_stub(server: int, version: int) -> str:
+    """SIGKILL the generator version's stub; what was done, in words."""
+    pid = stub_pid(server, version)
+    if pid is None:
+        return f"no stub for {GENERATOR_MODEL} version {version} under tritonserver {server}: nothing killed"
+    os.kill(pid, signal.SIGKILL)
+    return f"SIGKILL to {GENERATOR_MODEL} version {version}'s stub (pid {pid}, tritonserver {server})"
+
+
+def canary_cli(weights_file: Path, http_url: str, *command: str) -> tuple[int, str]:
+    """`python -m tritonrag_clients.canary --file F --http-url U <command>`, in this process: (exit status, output)."""
+    out = io.StringIO()
+    argv = ["--file", str(weights_file), "--http-url", http_url, *command]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            status = canary.main(argv)
+        except SystemExit as exc:  # check_ready refuses with SystemExit(message)
+            print(exc)
+            status = 1
+    return status, " ".join(out.getvalue().split())
