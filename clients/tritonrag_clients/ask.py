@@ -20,13 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--root-cert", default=None, help="the server's gRPC speaks TLS: its root certificate")
     args = parser.parse_args(argv)
 
     sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature}
     start = time.monotonic()
     first = None
     sources = None
-    with StreamingClient(args.url) as client:
+    with StreamingClient(args.url, args.root_cert) as client:
         for event in client.stream(args.model, rag_inputs(args.question, args.top_k, sampling)):
             if event.error is not None:
                 print(f"\nerror: {event.error.message()}", file=sys.stderr)

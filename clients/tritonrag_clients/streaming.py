@@ -113,8 +113,10 @@ class StreamingClient:
     request only when it is the one in flight: callers that expect errors send one at a time.
     """
 
-    def __init__(self, url: str = "127.0.0.1:8001"):
-        self.client = grpcclient.InferenceServerClient(url)
+    def __init__(self, url: str = "127.0.0.1:8001", root_cert: str | None = None):
+        # root_cert: the server's gRPC speaks TLS, verified by this certificate (tritonserver --grpc-use-ssl)
+        tls = {} if root_cert is None else {"ssl": True, "root_certificates": root_cert}
+        self.client = grpcclient.InferenceServerClient(url, **tls)
         self.events: dict[str, queue.Queue[StreamEvent]] = {}
         self.client.start_stream(callback=self._on_response)
 

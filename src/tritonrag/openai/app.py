@@ -65,7 +65,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     parser.add_argument("--generator-dir", type=Path, default=defaults.generator_dir, help="the LLM's chat template")
     parser.add_argument("--docstore", type=Path, default=defaults.docstore, help="passages for rag sources")
+    parser.add_argument("--triton-root-cert", type=Path, default=None, help="tritonserver's gRPC is TLS: its root cert")
+    parser.add_argument("--ssl-certfile", type=Path, default=None, help="serve HTTPS: certificate (with --ssl-keyfile)")
+    parser.add_argument("--ssl-keyfile", type=Path, default=None, help="serve HTTPS: private key")
     args = parser.parse_args(argv)
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        parser.error("--ssl-certfile and --ssl-keyfile go together")
     return Settings(
         triton_url=args.triton_url,
         host=args.host,
@@ -73,13 +78,24 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         api_keys=tuple(args.api_key) + keys_from_env(),
         generator_dir=args.generator_dir,
         docstore=args.docstore,
+        triton_root_cert=args.triton_root_cert,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=5)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_keep_alive=5,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -31,9 +32,12 @@ def _unavailable(detail: str) -> OpenAIError:
 class TritonBridge:
     """The service's only way to Triton: model interfaces, streamed generations, embeddings."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, root_cert: Path | None = None):
         self.url = url
-        self.client = grpcaio.InferenceServerClient(url)
+        if root_cert is None:
+            self.client = grpcaio.InferenceServerClient(url)
+        else:  # TLS: tritonserver started with --grpc-use-ssl
+            self.client = grpcaio.InferenceServerClient(url, ssl=True, root_certificates=str(root_cert))
         self.models: dict[str, ModelInterface] = {}
 
     async def connect(self, names: tuple[str, ...], timeout: float = 600.0) -> None:

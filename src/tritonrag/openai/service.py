@@ -29,6 +29,9 @@ class Settings:
     generator_dir: Path = field(default_factory=generator_weights_dir)
     embedder_dir: Path | None = None  # None: the embedder's package (as the model repository's default)
     docstore: Path = field(default_factory=lambda: index_dir() / "docstore.sqlite")
+    triton_root_cert: Path | None = None  # tritonserver's gRPC speaks TLS: what verifies its certificate
+    ssl_certfile: Path | None = None  # serve HTTPS with this certificate and key (uvicorn's TLS)
+    ssl_keyfile: Path | None = None
 
 
 class Service:
@@ -36,7 +39,7 @@ class Service:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.bridge = TritonBridge(settings.triton_url)
+        self.bridge = TritonBridge(settings.triton_url, settings.triton_root_cert)
         self.chat_template = ChatTemplate(settings.generator_dir)
         self.embedder_tokenizer = EmbedderTokenizer(settings.embedder_dir or embedder_model_dir())
         self.passages = PassageLookup(settings.docstore)

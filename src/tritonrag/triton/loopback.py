@@ -8,8 +8,10 @@ path Triton serves every day, and it brings what BLS lacks in 2.51: a caller can
 Triton then cancels the generator's request (its `is_cancelled()`), which frees its KV blocks.
 
 One `LoopbackStream` is one request. Its responses arrive as `Reply`s: output arrays, or an
-error. A gRPC stream carries an error's message but not its code, so `typed_error` recovers the
-code from the words our stages and Triton write (tritonrag.errors.error_from_message).
+error. A caller's Triton timeout (microseconds) goes on with the request as its own, so the
+generator's deadline is the caller's (tritonrag.engine.serving.Deadline). A gRPC stream carries
+an error's message but not its code, so `typed_error` recovers the code from the words our
+stages and Triton write (tritonrag.errors.error_from_message).
 Clients are pooled: a client holds one stream at a time, and gRPC shares the connection.
 """
 
@@ -28,6 +30,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from tritonrag.errors import Unavailable, error_from_message
 
 GRPC_URL_ENV = "TRITONRAG_GRPC_URL"  # the server's own gRPC address, set by tritonrag.triton.server
+GRPC_ROOT_CERT_ENV = "TRITONRAG_GRPC_ROOT_CERT"  # set when that endpoint speaks TLS: what verifies its certificate
 
 
 def grpc_url(parameter: str) -> str:
@@ -59,9 +62,10 @@ class Reply:
 class ClientPool:
     """gRPC clients of one server, reused: each carries one stream at a time."""
 
-    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None, root_cert: str | None = None) -> None:
         self.url = url
         self.headers = headers
+        self.root_cert = root_cert if root_cert is not None else os.environ.get(GRPC_ROOT_CERT_ENV) or None
         self._idle: list[grpcclient.InferenceServerClient] = []
         self._lock = threading.Lock()
 
@@ -69,7 +73,9 @@ class ClientPool:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return grpcclient.InferenceServerClient(self.url)
+        if self.root_cert is None:
+            return grpcclient.InferenceServerClient(self.url)
+        return grpcclient.InferenceServerClient(self.url, ssl=True, root_certificates=self.root_cert)
 
     def give(self, client: grpcclient.InferenceServerClient) -> None:
         with self._lock:
@@ -98,6 +104,7 @@ class LoopbackStream:
         inputs: dict[str, np.ndarray],
         outputs: list[str],
         request_id: str,
+        timeout_us: int = 0,  # Triton's request timeout for the request; 0: none (the model's default)
     ) -> None:
         self._pool = pool
         self._replies: queue.Queue[Reply] = queue.Queue()
@@ -112,6 +119,7 @@ class LoopbackStream:
             outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
             request_id=request_id,
             enable_empty_final_response=True,
+            timeout=timeout_us or None,
         )
         self._outputs = outputs
 

@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 
 from tritonrag.paths import MODEL_REPOSITORY
-from tritonrag.triton.server import TritonServer
+from tritonrag.triton.server import GrpcTls, TritonServer
 
 
 def ask_demo(server: TritonServer, question: str) -> None:
     """Ask through the streaming CLI as a user would, in its own process (the server side imports no client)."""
     print(f"\n>>> {question}\n", flush=True)
-    subprocess.run([sys.executable, "-m", "tritonrag_clients.ask", question, "--url", server.grpc_url], check=True)
+    tls = ["--root-cert", str(server.tls.root)] if server.tls is not None else []
+    command = [sys.executable, "-m", "tritonrag_clients.ask", question, "--url", server.grpc_url, *tls]
+    subprocess.run(command, check=True)
 
 
 def forward_sigterm(server: TritonServer) -> None:
@@ -45,6 +47,8 @@ def start_openai(server: TritonServer, host: str, port: int) -> subprocess.Popen
     if not port:
         return None
     command = [sys.executable, "-m", "tritonrag.openai", "--triton-url", server.grpc_url, "--host", host]
+    if server.tls is not None:
+        command += ["--triton-root-cert", str(server.tls.root)]
     return subprocess.Popen([*command, "--port", str(port)])
 
 
@@ -73,7 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exit-timeout", type=int, default=30, help="seconds in-flight requests get after SIGTERM or Ctrl-C"
     )
+    parser.add_argument("--grpc-tls-cert", type=Path, default=None, help="gRPC over TLS: the server certificate")
+    parser.add_argument("--grpc-tls-key", type=Path, default=None, help="gRPC over TLS: its private key")
+    parser.add_argument(
+        "--grpc-tls-root", type=Path, default=None, help="what verifies the certificate (default: the certificate)"
+    )
     args = parser.parse_args(argv)
+    if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
+        parser.error("--grpc-tls-cert and --grpc-tls-key go together")
+    tls = None
+    if args.grpc_tls_cert is not None:
+        tls = GrpcTls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_root or args.grpc_tls_cert)
 
     server = TritonServer(
         args.model_repository,
@@ -82,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         args.metrics_port,
         bind_address=args.bind,
         extra_args=[f"--exit-timeout-secs={args.exit_timeout}"],
+        tls=tls,
     )
     print("starting tritonserver: " + " ".join(server.command()), flush=True)
     server.start(foreground=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tritonrag.paths import MODEL_REPOSITORY, REPO_ROOT, artifacts_dir
-from tritonrag.triton.loopback import GRPC_URL_ENV
+from tritonrag.triton.loopback import GRPC_ROOT_CERT_ENV, GRPC_URL_ENV
 
 BACKEND_NAME = "tritonrag_llm"
 PYTRITON_DIR = "pytriton/tritonserver"
@@ -90,6 +90,20 @@ def new_key() -> str:
     return secrets.token_hex(16)
 
 
+@dataclass(frozen=True)
+class GrpcTls:
+    """TLS on Triton's gRPC endpoint: the server's certificate and key, and the root certificate(s)
+    that verify it (for a self-signed certificate, the certificate itself). The certificate must name
+    the address clients dial, and 127.0.0.1 too: the `llm` router dials its own server there."""
+
+    cert: Path
+    key: Path
+    root: Path
+
+    def args(self) -> list[str]:
+        return ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+
+
 ADMIN_KEY_ENV = "TRITONRAG_ADMIN_KEY"
 ADMIN_HEADER = "tritonrag-admin-key"  # lower case: gRPC metadata keys are
 ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")  # load/unload, log and trace settings
@@ -106,6 +120,7 @@ class TritonServer:
     bind_address: str = "127.0.0.1"  # HTTP and gRPC; a container binds 0.0.0.0 so probes and Services reach it
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    tls: GrpcTls | None = None  # gRPC over TLS (Triton's HTTP endpoint has no TLS: bind it to loopback)
     process: subprocess.Popen | None = None
     # Triton's admin APIs (ADMIN_APIS) answer only with this key in the ADMIN_HEADER header (HTTP and
     # gRPC metadata): $TRITONRAG_ADMIN_KEY, else a random key no one knows (admin calls refused). None: open.
@@ -145,6 +160,7 @@ class TritonServer:
             "--metrics-config=summary_latencies=true",
             "--metrics-config=histogram_latencies=true",
             *self.restricted_args(),
+            *(self.tls.args() if self.tls is not None else []),
             *self.extra_args,
         ]
 
@@ -167,6 +183,10 @@ class TritonServer:
         # The llm router reaches the generator through this server's own gRPC endpoint (tritonrag.triton.loopback).
         loopback = "127.0.0.1" if self.bind_address in ("0.0.0.0", "127.0.0.1", "") else self.bind_address
         env[GRPC_URL_ENV] = f"{loopback}:{self.grpc_port}"
+        if self.tls is not None:
+            env[GRPC_ROOT_CERT_ENV] = str(self.tls.root)
+        else:
+            env.pop(GRPC_ROOT_CERT_ENV, None)
         return env
 
     def start(self, foreground: bool = False) -> TritonServer:
