@@ -6,7 +6,14 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from tritonrag.defaults import EMBEDDING_DIM, ENSEMBLE_MODEL, GENERATOR_MODEL, LLM_MODEL, RERANK_CANDIDATES
+from tritonrag.defaults import (
+    EMBEDDING_DIM,
+    ENSEMBLE_MODEL,
+    GENERATOR_MODEL,
+    LLM_MODEL,
+    REQUEST_TIMEOUT_S,
+    RERANK_CANDIDATES,
+)
 from tritonrag.engine.config import EngineConfig
 from tritonrag.paths import MODEL_REPOSITORY, resolve_artifact
 from tritonrag.triton.generator_config import ADAPTER_KEYS, engine_config
@@ -71,6 +78,15 @@ def test_generator_parameters_are_engine_settings():
         assert (MODEL_REPOSITORY / GENERATOR_MODEL / str(version)).is_dir(), f"version {version} has no folder"
         engine = engine_config(params, version, MODEL_REPOSITORY)
         assert engine.block_size > 0 and engine.max_num_seqs > 0
+
+
+def test_generator_deadline_is_the_default():
+    """Every version's request deadline is config.pbtxt's `request_timeout_s`, which says what defaults.py says."""
+    config = load(GENERATOR_MODEL)
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert float(params["request_timeout_s"]) == REQUEST_TIMEOUT_S == EngineConfig().request_timeout_s
+    for version in config.version_policy.specific.versions:
+        assert engine_config(params, version, MODEL_REPOSITORY).request_timeout_s == REQUEST_TIMEOUT_S
 
 
 def test_router_serves_the_generator_versions():

@@ -134,6 +134,25 @@ def test_bad_requests_name_the_problem(tensors, params, fragment):
     assert fragment in str(error.value)
 
 
+def test_timeout_parameter_is_the_deadline_not_a_sampling_key():
+    """HTTP generate passes `parameters.timeout` as a request parameter (Triton 2.51 does not make it the
+    request's timeout): it is read as microseconds, kept out of sampling, and Triton's own timeout wins."""
+    request = llm.read_request(reader(text_input="Hi"), {"timeout": 2_500_000, "max_tokens": 4})
+    assert request.timeout_us == 2_500_000 and request.sampling == {"max_tokens": 4}
+    assert request.client_timeout_us(0) == 2_500_000  # request.timeout() is 0 when the client set none
+    assert request.client_timeout_us(1_000) == 1_000
+    assert llm.read_request(reader(text_input="Hi"), {"timeout": " 7 "}).timeout_us == 7
+    assert llm.read_request(reader(text_input="Hi")).client_timeout_us(0) == 0
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "soon", "1e6", "1" * 5000, 2**63, "١٢"])
+def test_bad_timeout_parameters_are_refused(value):
+    with pytest.raises(InvalidInput) as error:
+        llm.read_request(reader(text_input="Hi"), {"timeout": value})
+    assert "parameter 'timeout' must be whole microseconds" in str(error.value)
+    assert len(str(error.value)) < 300  # a 5,000-character value is not echoed whole
+
+
 def test_to_inputs_round_trips():
     request = llm.LlmRequest(
         "Hé", {"max_tokens": "4"}, stream=True, prepend_input=False, returns=frozenset({"logprobs"})
@@ -253,5 +272,8 @@ def test_engine_metrics_feed_ours_and_vllms_names():
     assert got["vllm:gpu_cache_usage_perc"][labels] == [0.25]
     assert got["vllm:request_generation_tokens"][labels] == [3]
     assert got["vllm:request_success_total"][(("finished_reason", "length"), *labels)] == [1]
+    observer.on_timeout()  # a deadline: counted apart, never as a finish reason
+    assert got[metrics.REQUEST_TIMEOUTS.name][labels] == [1]
+    assert set(got["vllm:request_success_total"]) == {(("finished_reason", "length"), *labels)}
     observer.on_step(engine)  # no growth: counters untouched
     assert got["vllm:prompt_tokens_total"][labels] == [10]

@@ -4,7 +4,9 @@ A model selects it with `backend: "tritonrag_llm"`. This file only adapts Triton
 library: `execute` reads each request with vllm_backend's interface
 (tritonrag.triton.vllm_interface) and hands it to the engine's loop thread
 (tritonrag.engine.serving), whose deltas become Triton responses through the request's
-response sender. Engine settings come from the model's config.pbtxt parameters.
+response sender. Engine settings come from the model's config.pbtxt parameters. A request's
+deadline is its Triton timeout when set (tritonclient's `timeout=`, or HTTP generate's `timeout`
+parameter) and shorter than the version's `request_timeout_s`.
 """
 
 from __future__ import annotations
@@ -130,7 +132,9 @@ class TritonPythonModel:
             num_input_tokens = len(self.service.tokenizer(llm_request.prompt)["input_ids"])
         sources = triton_io.bytes_input(request, "sources", required=False)
         sink = TritonSink(request, sender, llm_request, sources, num_input_tokens)
-        self.service.submit(request.request_id() or "", llm_request.prompt, sampling, sink)
+        timeout_us = llm_request.client_timeout_us(request.timeout())  # 0: none, the engine's default applies
+        timeout_s = timeout_us / 1e6 if timeout_us else None
+        self.service.submit(request.request_id() or "", llm_request.prompt, sampling, sink, timeout_s)
 
     def finalize(self):
         self.service.shutdown()

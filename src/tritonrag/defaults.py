@@ -13,6 +13,10 @@ DEFAULT_TOP_K = 3  # passages given to the generator
 MAX_TOP_K = 10
 RERANK_CANDIDATES = 20  # first-stage hits handed to the reranker
 MAX_PASSAGE_CHARS = 1200  # a passage is cut to this in the prompt
+# A generation's deadline, in seconds from when the generator takes the request (its time in the
+# engine's queue counts): past it the engine ends the sequence, frees its KV blocks and fails the
+# request UNAVAILABLE ("deadline exceeded"). A client's Triton timeout may shorten it, not extend it.
+REQUEST_TIMEOUT_S = 300.0
 # Model names. `llm` is the public LLM (vllm_backend's interface): it routes each request to a
 # `generator` version, the stable one unless the canary weights or a pin say otherwise. `generator`
 # (versions 1 and 2) is internal: Triton sends an unversioned request to its highest version, the canary.

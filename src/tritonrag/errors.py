@@ -22,13 +22,15 @@ GOING_AWAY_MARKERS = (
     "no available versions",
     "failed to connect",
 )
+# A request its deadline ended (tritonrag.engine.serving.Deadline): UNAVAILABLE, not the client's mistake.
+DEADLINE_MARKERS = ("deadline exceeded",)
 INTERNAL_MARKER = "internal error"  # how tritonrag.triton.io.error_response starts an INTERNAL message
 
 
 def error_from_message(message: str) -> Exception:
     """The typed error behind a Triton error message: Unavailable, InvalidInput, or RuntimeError (INTERNAL)."""
     lowered = message.lower()
-    if any(marker in lowered for marker in SHED_LOAD_MARKERS + GOING_AWAY_MARKERS):
+    if any(marker in lowered for marker in SHED_LOAD_MARKERS + GOING_AWAY_MARKERS + DEADLINE_MARKERS):
         return Unavailable(message)
     if lowered.startswith(INTERNAL_MARKER):
         return RuntimeError(message)

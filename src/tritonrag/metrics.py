@@ -33,6 +33,12 @@ PREEMPTIONS = Family("tritonrag_num_preemptions_total", COUNTER, "Sequences pree
 PROMPT_TOKENS = Family("tritonrag_prompt_tokens_total", COUNTER, "Prompt tokens processed")
 GENERATION_TOKENS = Family("tritonrag_generation_tokens_total", COUNTER, "Tokens generated")
 REQUEST_SUCCESS = Family("tritonrag_request_success_total", COUNTER, "Finished requests by reason")
+# Not a finish reason: a request past its deadline fails (UNAVAILABLE, "deadline exceeded"), so it is counted apart.
+REQUEST_TIMEOUTS = Family(
+    "tritonrag_request_timeouts_total",
+    COUNTER,
+    "Requests failed by their deadline (the client's timeout or request_timeout_s), waiting or running",
+)
 # The batch shapes continuous batching claims (tests/server/test_batching.py reads them through a server).
 ENGINE_STEPS = Family("tritonrag_engine_steps_total", COUNTER, "Engine steps that computed tokens")
 MIXED_STEPS = Family(
@@ -56,6 +62,7 @@ ENGINE_FAMILIES = (
     PROMPT_TOKENS,
     GENERATION_TOKENS,
     REQUEST_SUCCESS,
+    REQUEST_TIMEOUTS,
     ENGINE_STEPS,
     MIXED_STEPS,
     PARTIAL_PREFILL_CHUNKS,

@@ -6,11 +6,13 @@ expected text of a request is `tokenizer.decode(kit.reference(prompt_ids, n))`.
 
 Nothing sleeps: tests wait on the sinks' events, and `GatedRunner.hold()` parks the loop
 thread inside a step so that what is submitted meanwhile reaches the engine together.
+Deadlines run on a `FakeClock` the tests advance, so no test waits for one to pass.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -18,10 +20,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.llm_engine import LLMEngine
 from tritonrag.engine.sampler import Sampler
 from tritonrag.engine.serving import CollectingSink, GenerationService, Logprob
-from tritonrag.errors import InvalidInput, Unavailable
+from tritonrag.errors import InvalidInput, Unavailable, error_from_message
 from tritonrag.sampling import SamplingParams
 
 WAIT_S = 10.0
@@ -79,6 +82,7 @@ class Recorder:
         self.first_token: list[float] = []
         self.inter_token: list[float] = []
         self.finished: list[tuple[float, object]] = []
+        self.timeouts = 0
         self.steps = 0
         self.errors: list[Exception] = []
 
@@ -90,6 +94,9 @@ class Recorder:
 
     def on_finish(self, e2e: float, completion) -> None:
         self.finished.append((e2e, completion))
+
+    def on_timeout(self) -> None:
+        self.timeouts += 1
 
     def on_step(self, engine) -> None:
         self.steps += 1
@@ -104,14 +111,13 @@ def serve(kit, tokenizer):
     """serve(**config) -> a running service over a gated fake runner; torn down with full checks."""
     made = []
 
-    def make(sampler=None, **config) -> SimpleNamespace:
+    def make(sampler=None, clock=None, **config) -> SimpleNamespace:
         cfg = kit.make_config(**config)
         runner = GatedRunner(kit.FakeRunner(cfg.num_kv_blocks, cfg.block_size))
         engine = LLMEngine(cfg, runner, sampler or kit.ArgmaxSampler())
         observer = Recorder(kit.check_scheduler)
-        s = SimpleNamespace(
-            engine=engine, runner=runner, observer=observer, service=GenerationService(engine, tokenizer, observer)
-        )
+        service = GenerationService(engine, tokenizer, observer, **({"clock": clock} if clock else {}))
+        s = SimpleNamespace(engine=engine, runner=runner, observer=observer, service=service)
         made.append(s)
         return s
 
@@ -505,3 +511,160 @@ def test_skip_special_tokens_false_keeps_special_token_text(serve, kit, tokenize
     wait(sink)
     assert sink.text == tokenizer.decode(out, skip_special_tokens=False)
     assert sink.text != tokenizer.decode(out, skip_special_tokens=True)
+
+
+# ---- deadlines --------------------------------------------------------------------------------
+class FakeClock:
+    """The service's clock: it moves only when a test advances it (from any thread)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class AdvanceAfter(Sink):
+    """Moves the clock on when its n-th delta arrives (on the loop thread, inside a step)."""
+
+    def __init__(self, s, clock: FakeClock, n: int, seconds: float) -> None:
+        super().__init__()
+        self.s, self.clock, self.n, self.seconds = s, clock, n, seconds
+        self.step_at_advance: int | None = None
+
+    def send_delta(self, text):
+        super().send_delta(text)
+        if len(self.deltas) == self.n:
+            self.clock.advance(self.seconds)
+            self.step_at_advance = len(self.s.runner.steps)
+
+
+def test_a_deadline_ends_a_running_request_within_a_step_and_frees_its_blocks(serve, kit, tokenizer):
+    """A client's timeout passes mid-generation: the request fails UNAVAILABLE (the router's classifier
+    agrees) before another step, its blocks go back, and the others run on to their normal end."""
+    clock = FakeClock()
+    s = serve(clock=clock)
+    victim = AdvanceAfter(s, clock, n=3, seconds=6.0)
+    others = {f"o{i}": Sink() for i in range(3)}
+    submit_together(
+        s,
+        ("victim", "Victim prompt text", SamplingParams(max_tokens=40), victim, 5.0),
+        [
+            (rid, f"{WORDS[i]} other prompt", SamplingParams(max_tokens=30), sink)
+            for i, (rid, sink) in enumerate(others.items())
+        ],
+    )
+    wait(victim, *others.values())
+
+    assert victim.completion is None and isinstance(victim.error, Unavailable)
+    message = str(victim.error)
+    assert message.startswith("deadline exceeded: the request ran 5 s, its timeout (set by the client)")
+    generated = int(re.search(r"after (\d+) generated tokens", message).group(1))
+    assert 3 <= generated < 40  # its third delta moved the clock (a special token's delta is empty)
+    ref = expect(kit, tokenizer, "Victim prompt text", 40).out
+    assert victim.text == tokenizer.decode(ref[:generated], skip_special_tokens=True)
+    assert isinstance(error_from_message(message), Unavailable)  # how it crosses the router's gRPC stream
+    per_step = keys_in_steps(s.runner.steps)
+    assert all("victim" in step for step in per_step[1 : victim.step_at_advance])
+    assert not any("victim" in step for step in per_step[victim.step_at_advance :]), "ran a step past its deadline"
+    assert any(len(step) == 3 for step in per_step[victim.step_at_advance :]), "others ran on after it"
+    for i, sink in enumerate(others.values()):  # the default deadline (300 s) is far off for them
+        assert sink.completion.finish_reason == "length"
+        assert sink.text == expect(kit, tokenizer, f"{WORDS[i]} other prompt", 30).text
+    assert s.observer.timeouts == 1
+    assert "abort" not in {c.finish_reason for _, c in s.observer.finished}  # a timeout is no finish
+    kit.check_all_free(s.engine.scheduler)
+    assert s.engine.stats().kv_usage == 0.0
+
+
+def test_time_waiting_in_the_queue_counts(serve, kit, tokenizer):
+    """One sequence runs at a time: the second waits in the engine's queue, its deadline passes there, and it
+    fails with no token generated and no step ever computed for it."""
+    clock = FakeClock()
+    s = serve(clock=clock, max_num_seqs=1)
+    first = AdvanceAfter(s, clock, n=2, seconds=10.0)
+    waiting = Sink()
+    submit_together(
+        s,
+        ("first", "First prompt here", SamplingParams(max_tokens=20), first),
+        [("waiting", "Waiting prompt", SamplingParams(max_tokens=20), waiting, 5.0)],
+    )
+    wait(first, waiting)
+    assert first.completion.finish_reason == "length"
+    assert first.text == expect(kit, tokenizer, "First prompt here", 20).text
+    assert isinstance(waiting.error, Unavailable) and "after 0 generated tokens" in str(waiting.error)
+    assert not any("waiting" in step for step in keys_in_steps(s.runner.steps))
+    assert s.observer.timeouts == 1
+    kit.check_all_free(s.engine.scheduler)
+
+
+def test_a_deadline_passed_before_admission_never_reaches_the_engine(serve, kit):
+    clock = FakeClock()
+    s = serve(clock=clock)
+    parked, late = Sink(), Sink()
+    s.runner.hold()  # the loop is inside a step while the late request's deadline passes in the inbox
+    s.service.submit("parked", "Parked prompt", SamplingParams(max_tokens=4), parked)
+    assert s.runner.blocked.wait(WAIT_S)
+    s.service.submit("late", "Late prompt", SamplingParams(max_tokens=4), late, timeout_s=1.0)
+    clock.advance(2.0)
+    s.runner.release()
+    wait(parked, late)
+    assert parked.completion.finish_reason == "length"
+    assert isinstance(late.error, Unavailable) and str(late.error).startswith("deadline exceeded")
+    assert not any("late" in step for step in keys_in_steps(s.runner.steps))
+    assert s.observer.timeouts == 1
+
+
+def test_the_engine_default_applies_and_a_longer_client_timeout_does_not_extend_it(serve, kit):
+    clock = FakeClock()
+    s = serve(clock=clock, request_timeout_s=5.0)
+    sink = AdvanceAfter(s, clock, n=2, seconds=6.0)
+    s.service.submit("long", "Long prompt", SamplingParams(max_tokens=40), sink, timeout_s=60.0)
+    wait(sink)
+    assert isinstance(sink.error, Unavailable)
+    assert str(sink.error).startswith(
+        "deadline exceeded: the request ran 5 s, its timeout (the generator's request_timeout_s)"
+    )
+    kit.check_all_free(s.engine.scheduler)
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0, math.nan, math.inf])
+def test_a_bad_timeout_is_refused_at_submit(serve, timeout_s):
+    s = serve()
+    sink = Sink()
+    with pytest.raises(InvalidInput, match="timeout must be a positive number of seconds"):
+        s.service.submit("bad", "Some prompt", SamplingParams(max_tokens=4), sink, timeout_s=timeout_s)
+    assert not sink.done.is_set() and s.runner.steps == []
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "inf"])
+def test_request_timeout_s_must_be_positive_and_finite(value):
+    with pytest.raises(ValueError, match="request_timeout_s must be a positive number of seconds"):
+        EngineConfig.from_parameters({"request_timeout_s": value})
+    assert EngineConfig.from_parameters({"request_timeout_s": "2.5"}).request_timeout_s == 2.5
+
+
+def test_warmup_is_not_held_to_the_request_deadline(serve, kit):
+    """A model's load must not fail because its first step (lazy init) outlasted a short request_timeout_s."""
+    clock = FakeClock()
+    s = serve(clock=clock, request_timeout_s=1.0)
+    s.runner.hold()
+    done: list[BaseException | None] = []
+
+    def warm() -> None:
+        try:
+            s.service.warmup(timeout_s=WAIT_S)
+            done.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            done.append(exc)
+
+    thread = threading.Thread(target=warm)
+    thread.start()
+    assert s.runner.blocked.wait(WAIT_S)
+    clock.advance(5.0)  # past request_timeout_s while the first step runs
+    s.runner.release()
+    thread.join(WAIT_S)
+    assert done == [None] and s.observer.timeouts == 0

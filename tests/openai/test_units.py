@@ -20,6 +20,11 @@ from tritonrag.openai.triton_map import Ask, ModelInterface, Piece
         ("the generator's waiting queue is full (2 requests); retry later", 429),
         ("the generator is shutting down", 503),
         ("internal error: RuntimeError('boom')", 500),
+        (
+            "deadline exceeded: the request ran 300 s, its timeout (the generator's request_timeout_s), "
+            "and was ended after 41 generated tokens",
+            504,
+        ),
         ("sampling_parameters.top_p must be in (0, 1], got 0", 400),
         ("query is empty or only whitespace", 400),
     ],

@@ -19,9 +19,12 @@ many concurrent decoupled BLS streams (cancel storms, refused floods, shadow mir
 request cannot be cancelled there. A caller that cancels has its stream ended at once and the
 generator's request cancelled (Triton cancels it; the engine drops the sequence within a step and
 frees its KV blocks). A thread polls the open streams, so a cancel is seen while a request still
-waits in the generator's queue. Streams in flight are bounded (`max_streams`): one more is
-refused UNAVAILABLE at once. Every stream's sender is a triton_io.StreamSender: one FINAL,
-nothing after it, and the request is never touched once FINAL is sent.
+waits in the generator's queue. The caller's Triton timeout (gRPC `timeout`, or HTTP generate's
+`timeout` parameter) goes on with the generator request, whose engine fails it past that deadline
+(UNAVAILABLE, "deadline exceeded"); mirrors get the generator's default. Streams in flight are
+bounded (`max_streams`): one more is refused UNAVAILABLE at once. Every stream's sender is a
+triton_io.StreamSender: one FINAL, nothing after it, and the request is never touched once FINAL
+is sent.
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ class TritonPythonModel:
         for request in requests:
             sender = triton_io.StreamSender(request)
             try:
-                inputs = _generator_inputs(request)
+                inputs, timeout_us = _generator_inputs(request)
                 route = choose(
                     self.weights.current(),
                     triton_io.bytes_input(request, "routing_key", required=False),
@@ -118,7 +121,9 @@ class TritonPythonModel:
             request_id = f"{request.request_id() or 'route'}@{uuid.uuid4().hex[:12]}"
             self.metrics.count("requests", route.version, route.mode)
             pair = self._pair(inputs, route.shadow) if route.shadow is not None else None
-            self.streams.submit(self._forward, request, sender, inputs, request_id, route.version, route.mode, pair)
+            self.streams.submit(
+                self._forward, request, sender, inputs, request_id, route.version, route.mode, pair, timeout_us
+            )
             if route.shadow is not None:
                 self._mirror(inputs, request_id + "-shadow", route.shadow, pair)
         return None
@@ -137,17 +142,19 @@ class TritonPythonModel:
         ready = lambda v: pb_utils.is_model_ready(model_name=self.target, model_version=str(v))  # noqa: E731
         return check_pin(pin, ready, self.weights.current(), self.target)
 
-    def _stream(self, inputs, request_id: str, version: int) -> LoopbackStream:
-        return LoopbackStream(self.clients, self.target, version, inputs, self.outputs, request_id)
+    def _stream(self, inputs, request_id: str, version: int, timeout_us: int = 0) -> LoopbackStream:
+        return LoopbackStream(self.clients, self.target, version, inputs, self.outputs, request_id, timeout_us)
 
-    def _forward(self, request, sender, inputs, request_id: str, version: int, mode: str, pair=None) -> None:
+    def _forward(
+        self, request, sender, inputs, request_id: str, version: int, mode: str, pair=None, timeout_us: int = 0
+    ) -> None:
         """Stream the chosen version's responses to the caller; its error ends the stream.
         With a shadow `pair`, the whole text goes to it when the stream ended well (None otherwise)."""
         served = pb_utils.Tensor("served_version", np.array([version], dtype=np.int32))
         texts: list[str] | None = []
         stream = None
         try:
-            stream = self._stream(inputs, request_id, version)
+            stream = self._stream(inputs, request_id, version, timeout_us)
             with self.live_lock:
                 self.live[request_id] = (sender, stream, version)
             for reply in stream:
@@ -257,8 +264,9 @@ class TritonPythonModel:
         self.clients.close()
 
 
-def _generator_inputs(request) -> dict[str, np.ndarray]:
-    """The generator's inputs as arrays owned by this process (they outlive execute).
+def _generator_inputs(request) -> tuple[dict[str, np.ndarray], int]:
+    """The generator's inputs as arrays owned by this process (they outlive execute), and the
+    caller's timeout in microseconds (0: none).
 
     vllm_backend's inputs with request parameters folded in and every flag explicit (a
     bad one is INVALID_ARG here), and the ensemble's sources passed through.
@@ -270,7 +278,7 @@ def _generator_inputs(request) -> dict[str, np.ndarray]:
     sources = pb_utils.get_input_tensor_by_name(request, SOURCES_INPUT.name)
     if sources is not None:
         arrays[SOURCES_INPUT.name] = np.array(sources.as_numpy(), copy=True)
-    return arrays
+    return arrays, llm_request.client_timeout_us(request.timeout())
 
 
 def _text(outputs: dict[str, np.ndarray]) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tritonrag.compile.runtime import RUNTIMES
-from tritonrag.defaults import DTYPES
+from tritonrag.defaults import DTYPES, REQUEST_TIMEOUT_S
 
 
 @dataclass
@@ -29,6 +29,8 @@ class EngineConfig:
     num_threads: int = 0  # intra-op threads (torch, and ONNX Runtime's); 0 = their defaults
     runtime: str = "torch"  # torch, onnxruntime or tensorrt (tritonrag.compile.runtime.pick_runtime)
     onnx_path: str = ""  # the exported step graph, for runtime onnxruntime
+    # Seconds a request may take from submission (queue time included); a client's timeout may only shorten it.
+    request_timeout_s: float = REQUEST_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -39,6 +41,8 @@ class EngineConfig:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.request_timeout_s < float("inf"):  # NaN fails too: every request has a deadline
+            raise ValueError(f"request_timeout_s must be a positive number of seconds, got {self.request_timeout_s}")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs, or running decodes would stall")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:

@@ -7,10 +7,16 @@ it through the inbox queue.
 
 Life of a request: `submit` tokenizes and validates it, then queues it -> the loop adds
 it to the engine -> each step's new tokens are detokenized into a text delta for the
-sink -> a stop string, EOS, max_tokens, a cancelled sink or an engine failure ends it,
-and its KV blocks go back to the pool in the same step. Every submitted request gets
+sink -> a stop string, EOS, max_tokens, a cancelled sink, its deadline or an engine failure
+ends it, and its KV blocks go back to the pool in the same step. Every submitted request gets
 exactly one `finish` or `fail`, also when its sink raises, the model fails, or the
 service shuts down.
+
+Every request has a deadline (`Deadline`): the engine's `request_timeout_s`, or the client's
+own timeout when that is shorter, counted from `submit` so that time in the queue counts.
+Nothing else bounds a request whose client cannot cancel it (Triton 2.51's ensemble does not
+pass a `rag` client's cancel to its generation). Past it the loop ends the sequence before
+its next step, frees its blocks and fails the sink with Unavailable("deadline exceeded: ...").
 
 A request with `logprobs` set also gets, with each delta and with `finish`, the logprobs
 of the tokens generated since the last call (vLLM's per-position `{token_id: Logprob}`),
@@ -76,6 +82,7 @@ class Observer(Protocol):
     def on_first_token(self, ttft: float) -> None: ...
     def on_inter_token(self, latency: float) -> None: ...
     def on_finish(self, e2e: float, completion: Completion) -> None: ...
+    def on_timeout(self) -> None: ...  # a request ended by its deadline (it failed: no on_finish)
     def on_step(self, engine: LLMEngine) -> None: ...
 
 
@@ -83,7 +90,34 @@ class NullObserver:
     def on_first_token(self, ttft: float) -> None: ...
     def on_inter_token(self, latency: float) -> None: ...
     def on_finish(self, e2e: float, completion: Completion) -> None: ...
+    def on_timeout(self) -> None: ...
     def on_step(self, engine: LLMEngine) -> None: ...
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request must be done by: its client's timeout or the service's default, whichever is
+    shorter (a client may shorten its deadline, not extend it, as with Triton's queue timeouts)."""
+
+    at: float  # on the service's clock (time.monotonic)
+    timeout_s: float
+    by_client: bool
+
+    @classmethod
+    def start(cls, arrival: float, default_s: float, timeout_s: float | None = None) -> Deadline:
+        if timeout_s is not None and timeout_s < default_s:
+            return cls(arrival + timeout_s, timeout_s, by_client=True)
+        return cls(arrival + default_s, default_s, by_client=False)
+
+    def passed(self, now: float) -> bool:
+        return now >= self.at
+
+    def error(self, num_output_tokens: int) -> Unavailable:
+        whose = "set by the client" if self.by_client else "the generator's request_timeout_s"
+        return Unavailable(
+            f"deadline exceeded: the request ran {self.timeout_s:g} s, its timeout ({whose}), "
+            f"and was ended after {num_output_tokens} generated tokens"
+        )
 
 
 class CollectingSink:
@@ -136,6 +170,7 @@ class _Live:
     detokenizer: IncrementalDetokenizer
     arrival: float
     num_prompt_tokens: int
+    deadline: Deadline
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
     last_token_time: float | None = None
@@ -152,6 +187,7 @@ class _Submission:
     sampling: SamplingParams
     sink: Sink
     arrival: float
+    deadline: Deadline
 
 
 class GenerationService:
@@ -159,8 +195,15 @@ class GenerationService:
 
     IDLE_WAIT_S = 0.05
 
-    def __init__(self, engine: LLMEngine, tokenizer: Tokenizer, observer: Observer | None = None):
+    def __init__(
+        self,
+        engine: LLMEngine,
+        tokenizer: Tokenizer,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,  # tests pass one they advance
+    ):
         self.engine = engine
+        self._clock = clock
         self.tokenizer = tokenizer
         self.observer = observer or NullObserver()
         self._inbox: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
@@ -172,11 +215,24 @@ class GenerationService:
         self._thread.start()
 
     # ---- called from any thread -------------------------------------------------
-    def submit(self, client_id: str, prompt: str, sampling: SamplingParams, sink: Sink) -> None:
+    def submit(
+        self, client_id: str, prompt: str, sampling: SamplingParams, sink: Sink, timeout_s: float | None = None
+    ) -> None:
         """Tokenize and validate now (errors reach the caller at once), generate later.
 
-        Raises InvalidInput for a bad prompt and Unavailable once the service is shutting down.
+        `timeout_s` is the client's own deadline; the engine's `request_timeout_s` applies when it
+        is None or longer. Raises InvalidInput for a bad prompt or timeout and Unavailable once the
+        service is shutting down.
         """
+        arrival = self._clock()
+        if timeout_s is not None and not 0 < timeout_s < float("inf"):
+            raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout_s}")
+        deadline = Deadline.start(arrival, self.engine.config.request_timeout_s, timeout_s)
+        self._enqueue(client_id, prompt, sampling, sink, deadline, arrival)
+
+    def _enqueue(
+        self, client_id: str, prompt: str, sampling: SamplingParams, sink: Sink, deadline: Deadline, arrival: float
+    ) -> None:
         prompt_ids = self.tokenizer(prompt)["input_ids"]
         if not prompt_ids:
             raise InvalidInput("text_input is empty")
@@ -190,7 +246,7 @@ class GenerationService:
                 raise Unavailable("the generator is shutting down")
             # Triton request ids are optional ("" for many clients) and need not be unique.
             request_id = f"{client_id}#{next(self._ids)}"
-            self._inbox.put(_Submission(request_id, client_id, prompt_ids, sampling, sink, time.monotonic()))
+            self._inbox.put(_Submission(request_id, client_id, prompt_ids, sampling, sink, arrival, deadline))
 
     def generate(self, prompt: str, sampling: SamplingParams, timeout: float | None = None) -> CollectingSink:
         """Blocking convenience: submit, wait, return the finished sink."""
@@ -198,9 +254,16 @@ class GenerationService:
         self.submit("generate", prompt, sampling, sink)
         return sink.wait(timeout)
 
-    def warmup(self) -> None:
-        """Run one short generation so the first real request does not pay for lazy init."""
-        self.generate("Hello", SamplingParams(max_tokens=4), timeout=300)
+    def warmup(self, timeout_s: float = 300.0) -> None:
+        """Run one short generation so the first real request does not pay for lazy init.
+
+        Held to `timeout_s`, not to `request_timeout_s`: a short client deadline must not fail a
+        model's load because its first step's lazy init took longer.
+        """
+        sink, now = CollectingSink(), self._clock()
+        deadline = Deadline(now + timeout_s, timeout_s, by_client=False)
+        self._enqueue("warmup", "Hello", SamplingParams(max_tokens=4), sink, deadline, now)
+        sink.wait(timeout_s)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the loop; queued and live requests get `fail(Unavailable)`, later `submit`s raise it."""
@@ -230,7 +293,7 @@ class GenerationService:
 
     def _iterate(self) -> None:
         self._admit(block=not self.engine.has_unfinished())
-        dropped = self._drop_cancelled()
+        dropped = self._drop_cancelled() + self._drop_expired()
         if self.engine.has_unfinished():
             for output in self.engine.step():
                 self._deliver(output)
@@ -255,7 +318,11 @@ class GenerationService:
         if _is_cancelled(item.sink):  # never reaches the engine
             completion = Completion(FinishReason.ABORT.value, len(item.prompt_ids), 0, 0)
             _call(item.sink.finish, "", completion)
-            self._observe("on_finish", time.monotonic() - item.arrival, completion)
+            self._observe("on_finish", self._clock() - item.arrival, completion)
+            return
+        if item.deadline.passed(self._clock()):  # it waited out its deadline in the inbox
+            _call(item.sink.fail, item.deadline.error(0))
+            self._observe("on_timeout")
             return
         try:
             sampling = item.sampling
@@ -272,6 +339,7 @@ class GenerationService:
             detokenizer,
             item.arrival,
             len(item.prompt_ids),
+            item.deadline,
             wants_logprobs=sampling.logprobs is not None,
         )
 
@@ -281,6 +349,15 @@ class GenerationService:
         for request_id in cancelled:
             self._end(request_id, FinishReason.ABORT)
         return len(cancelled)
+
+    def _drop_expired(self) -> int:
+        """Fail requests past their deadline, waiting or running; their blocks are freed at once."""
+        now = self._clock()
+        expired = [(request_id, live) for request_id, live in self._live.items() if live.deadline.passed(now)]
+        for request_id, live in expired:
+            self._end(request_id, error=live.deadline.error(live.num_output_tokens))
+            self._observe("on_timeout")
+        return len(expired)
 
     def _deliver(self, output: StepOutput) -> None:
         request_id = output.request_id
@@ -333,7 +410,7 @@ class GenerationService:
         return (taken,)
 
     def _time_tokens(self, live: _Live) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if live.last_token_time is None:
             self._observe("on_first_token", now - live.arrival)
         else:
@@ -360,7 +437,7 @@ class GenerationService:
             live.cumulative_logprob,
         )
         _call(live.sink.finish, text, completion, *self._take_logprobs(live))
-        self._observe("on_finish", time.monotonic() - live.arrival, completion)
+        self._observe("on_finish", self._clock() - live.arrival, completion)
 
     def _fail_all(self, error: Exception) -> None:
         for request_id in list(self._live):

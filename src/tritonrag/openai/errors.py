@@ -1,7 +1,8 @@
 """Errors in OpenAI's shape and status codes, and the Triton errors they come from.
 
 OpenAI clients branch on the status: 400 a bad request, 401 a missing or wrong key, 404 an unknown
-model, 429 "slow down" (the openai client retries it), 503 the server cannot serve now. The body is
+model, 429 "slow down" (the openai client retries it), 503 the server cannot serve now, 504 the
+generation ran past its deadline (the generator's `request_timeout_s`). The body is
 always `{"error": {"message", "type", "param", "code"}}`.
 
 A Triton error on a gRPC stream arrives as a message without its status code (the stream's
@@ -16,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tritonrag.errors import GOING_AWAY_MARKERS, INTERNAL_MARKER, SHED_LOAD_MARKERS
+from tritonrag.errors import DEADLINE_MARKERS, GOING_AWAY_MARKERS, INTERNAL_MARKER, SHED_LOAD_MARKERS
 from tritonrag.openai.protocol import ErrorDetail, ErrorResponse
 
 
@@ -69,6 +70,8 @@ def from_triton(message: str) -> OpenAIError:
         return OpenAIError(429, f"The server is overloaded: {message}", type="rate_limit_error", code="overloaded")
     if any(marker in lowered for marker in GOING_AWAY_MARKERS):
         return OpenAIError(503, f"The model server is unavailable: {message}", type="server_error", code="unavailable")
+    if any(marker in lowered for marker in DEADLINE_MARKERS):
+        return OpenAIError(504, f"The generation timed out: {message}", type="server_error", code="deadline_exceeded")
     if lowered.startswith(INTERNAL_MARKER):
         return OpenAIError(500, message, type="server_error", code="internal_error")
     return bad_request(message)

@@ -72,6 +72,9 @@ class EngineMetrics:
         for family in (metrics.REQUEST_SUCCESS, metrics.VLLM_REQUEST_SUCCESS):
             self._metric(family, finished_reason=completion.finish_reason).increment(1)
 
+    def on_timeout(self) -> None:
+        self._metric(metrics.REQUEST_TIMEOUTS).increment(1)
+
     def on_step(self, engine: LLMEngine) -> None:
         stats = engine.stats()
         gauges = {

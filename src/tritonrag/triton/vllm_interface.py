@@ -20,6 +20,10 @@ The rules, as vllm_backend has them:
   parameters (the HTTP generate extension's `parameters` object, gRPC request parameters);
   the interface's flags may come as request parameters too. A tensor wins over a parameter
   of the same name.
+- Ours: a request's deadline is Triton's request timeout, in microseconds (tritonclient's
+  `timeout=`, which the adapters read with `request.timeout()`). Triton 2.51's HTTP generate
+  extension does not make its `parameters.timeout` the request's timeout; it arrives as a request
+  parameter, read here into `LlmRequest.timeout_us` with the same meaning.
 
 This module is plain Python and numpy (no Triton import), so it is tested without a server.
 """
@@ -92,6 +96,9 @@ LLM_INPUTS = (*INPUTS, *OWN_INPUTS, SOURCES_INPUT, *ROUTING_INPUTS)
 LLM_OUTPUTS = (*GENERATOR_OUTPUTS, SERVED_VERSION)
 
 FLAGS = (STREAM.name, EXCLUDE_INPUT.name, *(f"return_{name}" for name in (*RETURNABLE, *OWN_RETURNABLE)))
+# Triton's request timeout as a request parameter (HTTP generate's `parameters`): microseconds, 0 for none.
+TIMEOUT_PARAMETER = "timeout"
+MAX_TIMEOUT_US = 2**63 - 1  # Triton's field is an int64
 NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_BOOL": np.bool_, "TYPE_FP32": np.float32, "TYPE_UINT32": np.uint32}
 _TRUE_FALSE = {"true": True, "false": False, "1": True, "0": False}
 
@@ -108,6 +115,11 @@ class LlmRequest:
     stream: bool = False
     prepend_input: bool = True
     returns: frozenset[str] = frozenset()  # outputs asked for with return_<name>
+    timeout_us: int = 0  # the `timeout` request parameter (HTTP generate); 0: none given
+
+    def client_timeout_us(self, triton_timeout_us: int) -> int:
+        """The client's timeout in microseconds (0: none): Triton's own (`request.timeout()`), else the parameter."""
+        return int(triton_timeout_us) or self.timeout_us
 
     @property
     def asks_logprobs(self) -> bool:
@@ -150,13 +162,27 @@ def read_request(read: InputReader, parameters: str | Mapping | None = None) -> 
     if prepend and stream:
         raise InvalidInput("exclude_input_in_output = false is not allowed when streaming (as in vllm_backend)")
     returns = frozenset(name for name in (*RETURNABLE, *OWN_RETURNABLE) if flags[f"return_{name}"])
-    return LlmRequest(prompt, _sampling(read, params), stream, prepend, returns)
+    return LlmRequest(prompt, _sampling(read, params), stream, prepend, returns, _timeout_us(params))
 
 
 def _parameters(parameters: str | Mapping | None) -> dict:
     if parameters is None or isinstance(parameters, Mapping):
         return dict(parameters or {})
     return load_json_object(parameters, "request parameters", "are") if parameters.strip() else {}
+
+
+def _timeout_us(params: dict) -> int:
+    """The `timeout` request parameter: whole microseconds (a JSON integer or a string of digits), 0 for none."""
+    given = params.get(TIMEOUT_PARAMETER, 0)
+    digits = given.strip() if isinstance(given, str) else ""
+    # Capped length first: int() of 5,000 digits raises.
+    if digits.isascii() and digits.isdigit() and len(digits) <= len(str(MAX_TIMEOUT_US)):
+        given = int(digits)
+    if isinstance(given, bool) or not isinstance(given, int) or not 0 <= given <= MAX_TIMEOUT_US:
+        raise InvalidInput(
+            f"parameter {TIMEOUT_PARAMETER!r} must be whole microseconds from 0 to {MAX_TIMEOUT_US}, got {given!r:.80}"
+        )
+    return given
 
 
 def _single(read: InputReader, name: str):
@@ -208,13 +234,13 @@ def _sampling(read: InputReader, params: dict) -> dict:
 
     A parameter that is neither a flag nor a sampling key is refused, naming it.
     """
-    unknown = sorted(set(params) - set(FLAGS) - known_keys())
+    unknown = sorted(set(params) - set(FLAGS) - {TIMEOUT_PARAMETER} - known_keys())
     if unknown:
         raise InvalidInput(
-            f"unknown request parameter(s) {unknown}: neither a sampling key ({sorted(known_keys())}) "
-            f"nor an input flag ({list(FLAGS)})"
+            f"unknown request parameter(s) {unknown}: neither a sampling key ({sorted(known_keys())}), "
+            f"an input flag ({list(FLAGS)}) nor {TIMEOUT_PARAMETER!r}"
         )
-    sampling = {key: value for key, value in params.items() if key not in FLAGS}
+    sampling = {key: value for key, value in params.items() if key not in (*FLAGS, TIMEOUT_PARAMETER)}
     raw = _single(read, SAMPLING_PARAMETERS.name)
     if raw is None:
         return sampling
