@@ -12,16 +12,16 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-from tritonrag.errors import GOING_AWAY_MARKERS, INTERNAL_MARKER, SHED_LOAD_MARKERS
+from tritonrag.errors import DEADLINE_MARKERS, GOING_AWAY_MARKERS, INTERNAL_MARKER, SHED_LOAD_MARKERS
 
 OK, CANCELLED, DISCONNECTED = "OK", "CANCELLED", "DISCONNECTED"
 INVALID_ARG, UNAVAILABLE, INTERNAL = "INVALID_ARG", "UNAVAILABLE", "INTERNAL"
 STUB_DEAD, TRITON_JSON, HUNG = "STUB_DEAD", "TRITON_JSON", "HUNG"
 CODES = (OK, CANCELLED, DISCONNECTED, INVALID_ARG, UNAVAILABLE, INTERNAL, STUB_DEAD, TRITON_JSON, HUNG)
 
-# Lower-case words of an overload or going-away refusal: the router's own classifier's (tritonrag.errors),
-# and the loopback's "the generator cannot be reached".
-UNAVAILABLE_MARKERS = (*SHED_LOAD_MARKERS, *GOING_AWAY_MARKERS, "cannot be reached")
+# Lower-case words of an overload, going-away or deadline refusal: the router's own classifier's
+# (tritonrag.errors), and the loopback's "the generator cannot be reached".
+UNAVAILABLE_MARKERS = (*SHED_LOAD_MARKERS, *GOING_AWAY_MARKERS, *DEADLINE_MARKERS, "cannot be reached")
 STUB_DEAD_MARKER = "is not healthy"  # python_be.cc: "Stub process '<instance>' is not healthy."
 TRITON_JSON_MARKER = "failed to parse the request json"  # Triton's HTTP front end, before any model
 
