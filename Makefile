@@ -42,7 +42,8 @@ help:
 	@echo "make engines   TensorRT engines from the ONNX graphs (TensorRT-RTX builds without a GPU;"
 	@echo "               ENGINE_ARGS=\"--compute-capability sm86\")"
 	@echo "make gpu-check on a CUDA host: every GPU-only test, one report (artifacts/gpu-check/); skips on a CPU host"
-	@echo "               (setup installs the gpu variant where nvidia-smi exists; VARIANT=cpu|gpu overrides)"
+	@echo "               (setup installs the gpu variant where nvidia-smi exists; VARIANT=cpu|gpu overrides;"
+	@echo "               BARE=1: no setup, random weights, for a CUDA host with torch and transformers only)"
 
 # torch 2.13.0 CPU comes from the wheel on the machine's disk; pin it first so nothing pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -143,9 +144,15 @@ bench-vllm: setup .venv-vllm/bin/vllm
 	$(PY) -m tritonrag_bench --targets engine,hf,vllm --vllm-python .venv-vllm/bin/python
 
 # Every GPU-only check in one run (<= 10 min) with a report; on a host without a GPU it says so and exits 0.
+# BARE=1: a CUDA host with torch and transformers but no setup or network (build/gpu_check.py --bare: random
+# weights with the carried config and tokenizer, `python3 build/gpu_check.py --prepare-carry` first where ours are).
 gpu-check:
+ifeq ($(BARE),1)
+	$(PYTHON) build/gpu_check.py --bare --python $(PYTHON)
+else
 	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory setup; fi
 	$(PYTHON) build/gpu_check.py --python $(PY)
+endif
 
 # Triton's load tools in their own virtualenv (tritonrag_bench/perf_tools.py says why these versions):
 # genai-perf 0.0.16, perf_analyzer 2.51 from the tritonclient[all]==2.51.0 wheel (its PyPI wheels need
