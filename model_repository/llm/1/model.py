@@ -50,6 +50,8 @@ from tritonrag.triton.router_metrics import RouterMetrics
 from tritonrag.triton.shadow import ShadowPair, is_greedy
 from tritonrag.triton.vllm_interface import SOURCES_INPUT, read_request
 
+BOUND_GRACE_S = 30.0  # past the generator's own deadline, before the router gives up on its stream
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -71,6 +73,9 @@ class TritonPythonModel:
         seed = params.get("random_seed", "").strip()
         self.rng = random.Random(int(seed) if seed else None)
         self.outputs = [o["name"] for o in config["output"] if o["name"] != "served_version"]
+        # No generator stream outlives this (the caller's timeout, if shorter, plus the same grace): a dead
+        # or stalled generator stub never answers, and its streams would otherwise never end.
+        self.bound_s = float(params.get("stream_bound_s", "330"))
         max_streams = int(params.get("max_streams", "64"))
         self.streams = ThreadPoolExecutor(max_streams, thread_name_prefix="route")
         # In-flight streams are bounded: one more is refused UNAVAILABLE at once, never queued without end.
@@ -143,7 +148,8 @@ class TritonPythonModel:
         return check_pin(pin, ready, self.weights.current(), self.target)
 
     def _stream(self, inputs, request_id: str, version: int, timeout_us: int = 0) -> LoopbackStream:
-        return LoopbackStream(self.clients, self.target, version, inputs, self.outputs, request_id, timeout_us)
+        bound_s = min(self.bound_s, timeout_us / 1e6 + BOUND_GRACE_S) if timeout_us else self.bound_s
+        return LoopbackStream(self.clients, self.target, version, inputs, self.outputs, request_id, timeout_us, bound_s)
 
     def _forward(
         self, request, sender, inputs, request_id: str, version: int, mode: str, pair=None, timeout_us: int = 0

@@ -47,6 +47,8 @@ def typed_error(error: InferenceServerException) -> Exception:
         return error_from_message(error.message())
     if status == "StatusCode.UNAVAILABLE":
         return Unavailable(f"the generator cannot be reached: {error.message()}")
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return Unavailable("deadline exceeded: the generator did not end the request within the router's bound")
     return RuntimeError(f"internal error: the generator's stream failed ({status}): {error.message()}")
 
 
@@ -105,13 +107,15 @@ class LoopbackStream:
         outputs: list[str],
         request_id: str,
         timeout_us: int = 0,  # Triton's request timeout for the request; 0: none (the model's default)
+        bound_s: float | None = None,  # the whole stream's gRPC deadline: past it the stream fails
     ) -> None:
         self._pool = pool
         self._replies: queue.Queue[Reply] = queue.Queue()
         self._lock = threading.Lock()
         self._client: grpcclient.InferenceServerClient | None = pool.take()
         self.cancelled = False
-        self._client.start_stream(callback=self._on_response, headers=pool.headers)
+        # The bound ends the stream even if the generator never answers (a dead or stalled stub).
+        self._client.start_stream(callback=self._on_response, stream_timeout=bound_s, headers=pool.headers)
         self._client.async_stream_infer(
             model,
             [_infer_input(name, array) for name, array in inputs.items()],
