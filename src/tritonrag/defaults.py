@@ -17,6 +17,9 @@ MAX_PASSAGE_CHARS = 1200  # a passage is cut to this in the prompt
 # engine's queue counts): past it the engine ends the sequence, frees its KV blocks and fails the
 # request UNAVAILABLE ("deadline exceeded"). A client's Triton timeout may shorten it, not extend it.
 REQUEST_TIMEOUT_S = 300.0
+# An engine loop with work and no finished iteration for this long is stalled (tritonrag.engine.liveness):
+# far above the longest step seen (a 512-token prefill chunk under load ~30 on 2 cores took seconds).
+STALL_TIMEOUT_S = 120.0
 # Model names. `llm` is the public LLM (vllm_backend's interface): it routes each request to a
 # `generator` version, the stable one unless the canary weights or a pin say otherwise. `generator`
 # (versions 1 and 2) is internal: Triton sends an unversioned request to its highest version, the canary.

@@ -17,6 +17,7 @@ GOING_AWAY_MARKERS = (
     "shutting down",
     "is not ready",
     "is not at ready state",
+    "is stalled",
     "unknown model",
     "server is stopping",
     "no available versions",

@@ -40,6 +40,9 @@ REQUEST_TIMEOUTS = Family(
     "Requests failed by their deadline (the client's timeout or request_timeout_s), waiting or running",
 )
 # The batch shapes continuous batching claims (tests/server/test_batching.py reads them through a server).
+ENGINE_STALLED = Family(
+    "tritonrag_engine_stalled", GAUGE, "1 while the engine loop has work and makes no progress (stall_timeout_s)"
+)
 ENGINE_STEPS = Family("tritonrag_engine_steps_total", COUNTER, "Engine steps that computed tokens")
 MIXED_STEPS = Family(
     "tritonrag_mixed_steps_total", COUNTER, "Engine steps that computed prefill chunks beside decode rows"
@@ -63,6 +66,7 @@ ENGINE_FAMILIES = (
     GENERATION_TOKENS,
     REQUEST_SUCCESS,
     REQUEST_TIMEOUTS,
+    ENGINE_STALLED,
     ENGINE_STEPS,
     MIXED_STEPS,
     PARTIAL_PREFILL_CHUNKS,

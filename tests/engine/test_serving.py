@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,6 +84,7 @@ class Recorder:
         self.inter_token: list[float] = []
         self.finished: list[tuple[float, object]] = []
         self.timeouts = 0
+        self.stalls: list[bool] = []
         self.steps = 0
         self.errors: list[Exception] = []
 
@@ -97,6 +99,9 @@ class Recorder:
 
     def on_timeout(self) -> None:
         self.timeouts += 1
+
+    def on_stall(self, stalled: bool) -> None:
+        self.stalls.append(stalled)
 
     def on_step(self, engine) -> None:
         self.steps += 1
@@ -668,3 +673,43 @@ def test_warmup_is_not_held_to_the_request_deadline(serve, kit):
     s.runner.release()
     thread.join(WAIT_S)
     assert done == [None] and s.observer.timeouts == 0
+
+
+def test_a_stalled_loop_ends_its_streams_refuses_new_ones_and_recovers(serve, kit, tokenizer):
+    """The loop parks in a step with work (a stuck runner): past stall_timeout_s the watch fails the
+    running and the queued request UNAVAILABLE saying where the loop is, refuses new ones, and flags
+    the stall; when the step returns, the loop frees the failed requests' blocks without a second
+    word to their sinks, and serves again."""
+    s = serve(stall_timeout_s=0.5)
+    s.runner.hold()
+    running, queued = Sink(), Sink()
+    s.service.submit("stuck", "A prompt that will hang", SamplingParams(max_tokens=20), running)
+    assert s.runner.blocked.wait(WAIT_S)
+    s.service.submit("behind", "Another prompt", SamplingParams(max_tokens=5), queued)
+    wait(running, queued)
+    for sink in (running, queued):
+        assert isinstance(sink.error, Unavailable) and "the generator is stalled" in str(sink.error)
+    assert "execute" in str(running.error), "the reason names where the loop thread is"
+    assert s.observer.stalls == [True]
+    with pytest.raises(Unavailable, match="stalled"):
+        s.service.submit("late", "Refused while stalled", SamplingParams(max_tokens=5), Sink())
+    s.runner.release()
+    after = Sink()
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:  # the watch notices the beats within a quarter of the timeout
+        try:
+            s.service.submit("after", "Apple other prompt", SamplingParams(max_tokens=5), after)
+            break
+        except Unavailable:
+            time.sleep(0.05)
+    wait(after)
+    assert after.completion.finish_reason == "length"
+    assert s.observer.stalls == [True, False]
+    assert running.num_final == 1 and queued.num_final == 1  # nothing more reached the failed sinks
+
+
+def test_an_idle_loop_never_counts_as_stalled(serve):
+    """No work, no stall: the idle loop beats every IDLE_WAIT_S, and a held runner without work is not stuck."""
+    s = serve(stall_timeout_s=0.2)
+    time.sleep(1.0)
+    assert s.observer.stalls == [] and s.service.watch.stalled is None

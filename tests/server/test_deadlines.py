@@ -12,9 +12,11 @@ Why it matters: tritonserver 2.51's ensemble does not pass a `rag` client's canc
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import shutil
+import signal
 import time
 
 import pytest
@@ -27,12 +29,15 @@ from tritonrag.errors import Unavailable, error_from_message
 from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_dir, index_dir
 from tritonrag.triton.prom import parse_metrics, total
 from tritonrag.triton.server import TritonServer
+from tritonrag_bench.soak.chaos import stub_pid
 from tritonrag_clients.streaming import bool_input, bytes_input, rag_inputs
 
 REQUEST_TIMEOUT_S = 4  # the copy's generator default
 CLIENT_TIMEOUT_US = 1_500_000  # shorter than the default: the client's own deadline applies
 LONG = {"max_tokens": 2500, "temperature": 0, "ignore_eos": True}
 REQUEST_TIMEOUT = re.compile(r'(key: "request_timeout_s" value: \{ string_value: ")([^"]+)')
+STREAM_BOUND_S = 12  # the copy's llm router bound on a generator stream (330 s in the real config)
+STREAM_BOUND = re.compile(r'(key: "stream_bound_s" value: \{ string_value: ")([^"]+)')
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,10 @@ def server(tmp_path_factory):
     text, count = REQUEST_TIMEOUT.subn(rf"\g<1>{REQUEST_TIMEOUT_S}", config.read_text())
     assert count == 1, f"{config}: no request_timeout_s parameter to cut"
     config.write_text(text)
+    router = repository / "llm" / "config.pbtxt"
+    text, count = STREAM_BOUND.subn(rf"\g<1>{STREAM_BOUND_S}", router.read_text())
+    assert count == 1, f"{router}: no stream_bound_s parameter to cut"
+    router.write_text(text)
     instance = TritonServer.on_free_ports(
         model_repository=repository, log_path=artifacts_dir() / "logs" / "test-deadlines-triton.log"
     )
@@ -165,3 +174,44 @@ def test_a_cancelled_rag_stream_is_bounded_by_the_deadline(server):
         client.close()
     assert _wait_for(lambda: sum(_counts(server)) > sum(before)), "the generation was neither timed out nor aborted"
     assert _wait_for(lambda: _engine_gauges(server) == (0, 0)), f"running, KV usage: {_engine_gauges(server)}"
+
+
+def test_a_frozen_generator_stub_cannot_hang_an_llm_stream(server):
+    """The generator's stub stopped (SIGSTOP) mid-stream: its own deadline cannot fire, nothing answers;
+    the `llm` router's bound on its generator stream (stream_bound_s, cut to 12 s here) ends the caller's
+    stream with UNAVAILABLE. After SIGCONT the generator serves again."""
+    server_pid = server.process.pid
+    stub = stub_pid(server_pid, 1)
+    assert stub is not None, "no stub process for generator version 1"
+    got: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        client.start_stream(callback=lambda result=None, error=None: got.put(error or result))
+        inputs = [
+            bytes_input("text_input", "Tell me a very long story."),
+            bool_input("stream", True),
+            bytes_input("sampling_parameters", json.dumps(LONG)),
+        ]
+        client.async_stream_infer(LLM_MODEL, inputs, model_version="", enable_empty_final_response=True)
+        first = got.get(timeout=300)
+        assert not isinstance(first, Exception), first
+        os.kill(stub, signal.SIGSTOP)
+        try:
+            error = None
+            while error is None:  # tokens already sent drain first; then nothing comes until the bound
+                item = got.get(timeout=STREAM_BOUND_S + 120)
+                if isinstance(item, Exception):
+                    error = item
+        finally:
+            os.kill(stub, signal.SIGCONT)
+        assert isinstance(error_from_message(error.message()), Unavailable), error.message()
+        assert "deadline exceeded" in error.message(), error.message()
+    finally:
+        client.close()
+    assert _wait_for(lambda: _engine_gauges(server) == (0, 0)), f"running, KV usage: {_engine_gauges(server)}"
+    short = [
+        bytes_input("text_input", "Say hello."),
+        bool_input("stream", True),
+        bytes_input("sampling_parameters", json.dumps({"max_tokens": 4})),
+    ]
+    assert _stream(server, LLM_MODEL, short) is None, "the generator did not serve again after SIGCONT"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tritonrag.compile.runtime import RUNTIMES
-from tritonrag.defaults import DTYPES, REQUEST_TIMEOUT_S
+from tritonrag.defaults import DTYPES, REQUEST_TIMEOUT_S, STALL_TIMEOUT_S
 
 
 @dataclass
@@ -31,6 +31,8 @@ class EngineConfig:
     onnx_path: str = ""  # the exported step graph, for runtime onnxruntime
     # Seconds a request may take from submission (queue time included); a client's timeout may only shorten it.
     request_timeout_s: float = REQUEST_TIMEOUT_S
+    # Seconds the loop may go without finishing an iteration while it has work before it counts as stalled.
+    stall_timeout_s: float = STALL_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -43,6 +45,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.request_timeout_s < float("inf"):  # NaN fails too: every request has a deadline
             raise ValueError(f"request_timeout_s must be a positive number of seconds, got {self.request_timeout_s}")
+        if not 0 < self.stall_timeout_s < float("inf"):
+            raise ValueError(f"stall_timeout_s must be a positive number of seconds, got {self.stall_timeout_s}")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs, or running decodes would stall")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tritonrag.engine.detokenizer import IncrementalDetokenizer, Tokenizer
+from tritonrag.engine.liveness import Heartbeat, StallWatch
 from tritonrag.engine.llm_engine import LLMEngine, StepOutput
 from tritonrag.engine.sequence import FinishReason, TokenLogprobs
 from tritonrag.errors import InvalidInput, Unavailable
@@ -84,6 +85,7 @@ class Observer(Protocol):
     def on_finish(self, e2e: float, completion: Completion) -> None: ...
     def on_timeout(self) -> None: ...  # a request ended by its deadline (it failed: no on_finish)
     def on_step(self, engine: LLMEngine) -> None: ...
+    def on_stall(self, stalled: bool) -> None: ...  # from the stall watch's thread (tritonrag.engine.liveness)
 
 
 class NullObserver:
@@ -92,6 +94,7 @@ class NullObserver:
     def on_finish(self, e2e: float, completion: Completion) -> None: ...
     def on_timeout(self) -> None: ...
     def on_step(self, engine: LLMEngine) -> None: ...
+    def on_stall(self, stalled: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -211,8 +214,21 @@ class GenerationService:
         self._ids = itertools.count()
         self._lock = threading.Lock()  # submit vs shutdown: nothing is queued after the final drain
         self._stopping = threading.Event()
+        self._heartbeat = Heartbeat(clock)
+        self._abandoned: set[str] = set()  # failed by the stall watch; the loop frees them when it moves
         self._thread = threading.Thread(target=self._loop, name="tritonrag-engine", daemon=True)
         self._thread.start()
+        self.watch = StallWatch(
+            self._heartbeat,
+            lambda: self._inbox.qsize() + len(self._live),
+            self._thread,
+            engine.config.stall_timeout_s,
+            self._on_stall,
+            self._on_recover,
+        )
+        threading.Thread(
+            target=self.watch.run, args=(self._stopping,), name="tritonrag-stall-watch", daemon=True
+        ).start()
 
     # ---- called from any thread -------------------------------------------------
     def submit(
@@ -244,6 +260,8 @@ class GenerationService:
         with self._lock:
             if self._stopping.is_set():
                 raise Unavailable("the generator is shutting down")
+            if self.watch.stalled is not None:
+                raise Unavailable(f"the generator is stalled: {self.watch.stalled}")
             # Triton request ids are optional ("" for many clients) and need not be unique.
             request_id = f"{client_id}#{next(self._ids)}"
             self._inbox.put(_Submission(request_id, client_id, prompt_ids, sampling, sink, arrival, deadline))
@@ -276,6 +294,26 @@ class GenerationService:
         return len(self._live)
 
     # ---- the loop thread ----------------------------------------------------------
+    def _on_stall(self, reason: str) -> None:
+        """The loop is stuck (tritonrag.engine.liveness): say why, end every waiting stream with
+        UNAVAILABLE now (the blocks stay with the stuck loop), refuse new requests until it moves."""
+        log.error("generator stalled: %s", reason)
+        self._observe("on_stall", True)
+        error = Unavailable(f"the generator is stalled: {reason}")
+        for request_id, live in list(self._live.items()):
+            with self._lock:
+                self._abandoned.add(request_id)
+            _call(live.sink.fail, error)
+        while True:
+            try:
+                _call(self._inbox.get_nowait().sink.fail, error)
+            except queue.Empty:
+                break
+
+    def _on_recover(self) -> None:
+        log.warning("generator loop is making progress again; taking requests")
+        self._observe("on_stall", False)
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -283,6 +321,7 @@ class GenerationService:
             except Exception as exc:  # noqa: BLE001 - e.g. the model failed: fail the batch, keep serving
                 log.exception("generation step failed; failing %d live requests", len(self._live))
                 self._fail_all(exc)
+            self._heartbeat.beat()
         error = Unavailable("the generator is shutting down")
         self._fail_all(error)
         while True:
@@ -344,11 +383,17 @@ class GenerationService:
         )
 
     def _drop_cancelled(self) -> int:
-        """Abort requests whose client cancelled or went away; their blocks are freed at once."""
+        """Abort requests whose client cancelled or went away; their blocks are freed at once.
+        Those the stall watch failed are freed without a word (their sinks heard already)."""
+        with self._lock:
+            abandoned, self._abandoned = self._abandoned, set()
+        for request_id in abandoned:
+            if self._live.pop(request_id, None) is not None:
+                self.engine.finish_request(request_id, FinishReason.ABORT)
         cancelled = [request_id for request_id, live in self._live.items() if _is_cancelled(live.sink)]
         for request_id in cancelled:
             self._end(request_id, FinishReason.ABORT)
-        return len(cancelled)
+        return len(cancelled) + len(abandoned)
 
     def _drop_expired(self) -> int:
         """Fail requests past their deadline, waiting or running; their blocks are freed at once."""
@@ -362,7 +407,7 @@ class GenerationService:
     def _deliver(self, output: StepOutput) -> None:
         request_id = output.request_id
         live = self._live.get(request_id)
-        if live is None:
+        if live is None or request_id in self._abandoned:  # the stall watch failed it: dropped next iteration
             return
         if output.num_output_tokens > live.num_output_tokens:
             self._time_tokens(live)

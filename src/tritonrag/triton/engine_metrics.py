@@ -75,6 +75,9 @@ class EngineMetrics:
     def on_timeout(self) -> None:
         self._metric(metrics.REQUEST_TIMEOUTS).increment(1)
 
+    def on_stall(self, stalled: bool) -> None:
+        self._metric(metrics.ENGINE_STALLED).set(1.0 if stalled else 0.0)
+
     def on_step(self, engine: LLMEngine) -> None:
         stats = engine.stats()
         gauges = {
