@@ -6,6 +6,8 @@ Each level is one `genai-perf profile` (streaming, synthetic prompts of a fixed 
 exactly `--output-tokens` per request), whose own table is printed as it finishes; its
 artifacts go to `artifacts/perf/c<N>/`. A summary of every level follows, also written
 to `artifacts/perf/summary.json` and, as the README's table, `artifacts/perf/summary.md`.
+It cannot load a server whose inference is locked (tritonrag.triton.inference_key): perf_analyzer 2.51
+sends its `-H` headers on HTTP only, and streaming is gRPC only. With $TRITONRAG_INFERENCE_KEY set it refuses.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import requests
 from tritonrag import metrics
 from tritonrag.defaults import LLM_MODEL
 from tritonrag.paths import artifacts_dir, generator_weights_dir
+from tritonrag.triton.inference_key import INFERENCE_KEY_ENV, inference_key
 from tritonrag_bench.perf_tools import GenaiPerfRun, missing_tools, summary_row
 from tritonrag_clients.prom import parse_metrics, total
 
@@ -78,6 +81,16 @@ def server_ready(http_url: str, model: str) -> str | None:
     return None if response.status_code == 200 else f"model {model!r} is not ready on {http_url}"
 
 
+def inference_locked() -> str | None:
+    """perf_analyzer 2.51 cannot send the inference key on gRPC (its -H is HTTP only): say so up front."""
+    if inference_key() is None:
+        return None
+    return (
+        f"{INFERENCE_KEY_ENV} is set, and perf_analyzer 2.51 sends headers on HTTP only (streaming is gRPC): "
+        "run it against a server whose inference is open"
+    )
+
+
 def machine() -> dict:
     """The client machine (the server's, when both run here) and how busy it was."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -87,7 +100,7 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    problem = missing_tools() or server_ready(args.http_url, args.model)
+    problem = inference_locked() or missing_tools() or server_ready(args.http_url, args.model)
     if problem:
         print(f"make perf: {problem}", file=sys.stderr)
         return 2

@@ -199,7 +199,8 @@ def bench_triton(
     if unavailable:
         console.print(f"[yellow]triton: perf_analyzer unavailable ({unavailable}); our client threads load it[/yellow]")
     results = {}
-    with TritonServer.on_free_ports(model_repository=repo, log_path=root / "triton.log") as server:
+    # Inference open on this private loopback server: perf_analyzer 2.51 cannot send a key on gRPC.
+    with TritonServer.on_free_ports(model_repository=repo, log_path=root / "triton.log", inference_key=None) as server:
         for c, requests in workloads.items():
             before = server_histograms(server.metrics_url)
             if unavailable:

@@ -1,6 +1,8 @@
 """Ask the RAG server a question and print the answer token by token, then its sources.
 
 python -m tritonrag_clients.ask "How do I open a file?" [--url 127.0.0.1:8001] [--top-k 3]
+
+When the server's inference is locked, the key comes from $TRITONRAG_INFERENCE_KEY (never an argument).
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+from tritonclient.utils import InferenceServerException
 
 from tritonrag_clients.streaming import StreamingClient, rag_inputs
 
@@ -28,14 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     first = None
     sources = None
     with StreamingClient(args.url, args.root_cert) as client:
-        for event in client.stream(args.model, rag_inputs(args.question, args.top_k, sampling)):
-            if event.error is not None:
-                print(f"\nerror: {event.error.message()}", file=sys.stderr)
-                return 1
-            if event.text and first is None:
-                first = event.time - start
-            sources = sources or event.sources
-            print(event.text, end="", flush=True)
+        try:
+            for event in client.stream(args.model, rag_inputs(args.question, args.top_k, sampling)):
+                if event.error is not None:
+                    raise event.error
+                if event.text and first is None:
+                    first = event.time - start
+                sources = sources or event.sources
+                print(event.text, end="", flush=True)
+        except InferenceServerException as exc:  # a request's error, or the stream refused (the inference key)
+            print(f"\nerror: {exc.message()}", file=sys.stderr)
+            return 1
     print()
     if sources:
         print("\nSources:")

@@ -18,6 +18,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tritonrag.triton import inference_key
 from tritonrag.triton import vllm_interface as llm
 
 # What our clients ask the LLM to return besides the text.
@@ -113,12 +114,14 @@ class StreamingClient:
     request only when it is the one in flight: callers that expect errors send one at a time.
     """
 
-    def __init__(self, url: str = "127.0.0.1:8001", root_cert: str | None = None):
+    def __init__(self, url: str = "127.0.0.1:8001", root_cert: str | None = None, key: str | None = None):
         # root_cert: the server's gRPC speaks TLS, verified by this certificate (tritonserver --grpc-use-ssl)
         tls = {} if root_cert is None else {"ssl": True, "root_certificates": root_cert}
         self.client = grpcclient.InferenceServerClient(url, **tls)
         self.events: dict[str, queue.Queue[StreamEvent]] = {}
-        self.client.start_stream(callback=self._on_response)
+        self.stream_error: InferenceServerException | None = None  # the stream's own failure (a locked server)
+        # key: the server's inference key (None: $TRITONRAG_INFERENCE_KEY, if set; tritonrag.triton.inference_key)
+        self.client.start_stream(callback=self._on_response, headers=inference_key.grpc_headers(key))
 
     def _on_response(self, result=None, error=None) -> None:
         # gRPC stream errors carry no request id: with errors expected, keep one request in flight.
@@ -128,13 +131,21 @@ class StreamingClient:
             target = next(iter(self.events.values()))
         if target is not None:
             target.put(event_from_result(result, error))
+        elif error is not None:  # the stream failed before any request (refused for want of the inference key)
+            self.stream_error = error
 
     def send(self, model: str, inputs: list, request_id: str | None = None, model_version: str = "") -> str:
         request_id = request_id or uuid.uuid4().hex
         self.events[request_id] = queue.Queue()
-        self.client.async_stream_infer(
-            model, inputs, request_id=request_id, model_version=model_version, enable_empty_final_response=True
-        )
+        try:
+            self.client.async_stream_infer(
+                model, inputs, request_id=request_id, model_version=model_version, enable_empty_final_response=True
+            )
+        except InferenceServerException:
+            self.events.pop(request_id, None)
+            if self.stream_error is not None:  # tritonclient says only "no longer in valid state": say why
+                raise self.stream_error from None
+            raise
         return request_id
 
     def receive(self, request_id: str, timeout: float = 300.0) -> Iterator[StreamEvent]:

@@ -41,12 +41,18 @@ serve_gpu() {
     new_key() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
     export TRITONRAG_GRPC_URL="${TRITONRAG_GRPC_URL:-127.0.0.1:8001}"
     local admin="shared-memory,model-repository,trace,logging:tritonrag-admin-key=${TRITONRAG_ADMIN_KEY:-$(new_key)}"
+    local restricted=(--http-restricted-api="$admin" --grpc-restricted-protocol="$admin")
+    # Inference behind its own key when $TRITONRAG_INFERENCE_KEY is set; the router's stub sends it (same env).
+    if [[ -n "${TRITONRAG_INFERENCE_KEY:-}" ]]; then
+        local inference="inference:tritonrag-inference-key=$TRITONRAG_INFERENCE_KEY"
+        restricted+=(--http-restricted-api="$inference" --grpc-restricted-protocol="$inference")
+    fi
     exec tritonserver \
         --model-repository="$TRITONRAG_HOME/model_repository" \
         --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
         --allow-metrics=true --allow-gpu-metrics=true --allow-cpu-metrics=true \
         --exit-timeout-secs="$TRITONRAG_EXIT_TIMEOUT" \
-        --http-restricted-api="$admin" --grpc-restricted-protocol="$admin" \
+        "${restricted[@]}" \
         "$@"
 }
 

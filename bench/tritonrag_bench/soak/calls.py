@@ -4,6 +4,7 @@ cancelled after some responses), HTTP `generate`, and HTTP `generate_stream` (op
 Each returns a `Call`: how it ended (an outcome code), when the first text came, how many
 responses, the version that served it. A call still open at its deadline is HUNG and is then
 cancelled (gRPC) or its connection closed (HTTP), so a hung server never blocks the soak.
+Every call carries the server's inference key when $TRITONRAG_INFERENCE_KEY is set (tritonrag.triton.inference_key).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import requests
 import tritonclient.grpc as grpcclient
 
+from tritonrag.triton import inference_key
 from tritonrag_bench.soak.outcomes import (
     CANCELLED,
     DISCONNECTED,
@@ -76,7 +78,9 @@ def grpc_stream(url: str, model: str, inputs: list, deadline_s: float, cancel_af
     client = grpcclient.InferenceServerClient(url)
     responses, version = 0, None
     try:
-        client.start_stream(callback=lambda result=None, error=None: events.put((result, error)))
+        client.start_stream(
+            callback=lambda result=None, error=None: events.put((result, error)), headers=inference_key.grpc_headers()
+        )
         client.async_stream_infer(model, inputs, enable_empty_final_response=True)
         while True:
             try:
@@ -105,7 +109,12 @@ def http_generate(url: str, model: str, body: dict | str, deadline_s: float) -> 
     clock = _Clock(deadline_s)
     data = body if isinstance(body, str) else json.dumps(body)
     try:
-        reply = requests.post(f"http://{url}/v2/models/{model}/generate", data=data, timeout=deadline_s)
+        reply = requests.post(
+            f"http://{url}/v2/models/{model}/generate",
+            data=data,
+            headers=inference_key.http_headers(),
+            timeout=deadline_s,
+        )
     except requests.Timeout:
         return clock.call(HUNG, 0, None, f"no answer after {deadline_s:.0f} s")
     payload = _json_or_text(reply.text)
@@ -121,7 +130,11 @@ def http_stream(url: str, model: str, body: dict, deadline_s: float, drop_after:
     clock, responses, version = _Clock(deadline_s), 0, None
     try:
         reply = requests.post(
-            f"http://{url}/v2/models/{model}/generate_stream", data=json.dumps(body), stream=True, timeout=deadline_s
+            f"http://{url}/v2/models/{model}/generate_stream",
+            data=json.dumps(body),
+            headers=inference_key.http_headers(),
+            stream=True,
+            timeout=deadline_s,
         )
     except requests.Timeout:
         return clock.call(HUNG, 0, None, f"no answer after {deadline_s:.0f} s")

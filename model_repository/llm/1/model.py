@@ -40,6 +40,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.errors import Unavailable
 from tritonrag.sampling import SamplingParams
+from tritonrag.triton import inference_key
 from tritonrag.triton import io as triton_io
 from tritonrag.triton.canary import RoutingConfig, WeightsFile, canary_file_path, check_pin, choose, parse_pin
 from tritonrag.triton.loopback import ClientPool, LoopbackStream, grpc_url
@@ -89,8 +90,9 @@ class TritonPythonModel:
         self.stopped = threading.Event()
         self.watcher = threading.Thread(target=self._watch_weights, name="weights", daemon=True)
         self.watcher.start()
-        # This server's own gRPC endpoint ($TRITONRAG_GRPC_URL, set by tritonrag.triton.server).
-        self.clients = ClientPool(grpc_url(params.get("grpc_url", "127.0.0.1:8001")))
+        # This server's own gRPC endpoint ($TRITONRAG_GRPC_URL, set by tritonrag.triton.server), with the
+        # inference key when inference is locked ($TRITONRAG_INFERENCE_KEY, passed on by tritonserver's environment).
+        self.clients = ClientPool(grpc_url(params.get("grpc_url", "127.0.0.1:8001")), inference_key.grpc_headers())
         self.live: dict[str, tuple] = {}  # generator request id -> (caller's StreamSender, stream, version)
         self.live_lock = threading.Lock()
         threading.Thread(target=self._watch_cancels, name="cancels", daemon=True).start()

@@ -5,7 +5,9 @@ Triton ends the stream once the request's last response is out (so no empty fina
 needed, which tritonclient's asyncio client cannot ask for: its `triton_` parameters are reserved). Ending the iteration early (the
 HTTP client went away, or the service is done with it) cancels the gRPC call, and Triton cancels
 the request: the model sees `is_cancelled()` and the engine frees its KV blocks. Every failure
-becomes an `OpenAIError` with the right status.
+becomes an `OpenAIError` with the right status. When tritonserver's inference is locked, every call
+carries the inference key (tritonrag.triton.inference_key); a refusal for want of it is a 502, not a 503:
+retrying does not help.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from tritonclient.utils import InferenceServerException
 from tritonrag.openai import triton_map
 from tritonrag.openai.errors import OpenAIError, from_triton
 from tritonrag.openai.triton_map import Ask, ModelInterface, Piece
+from tritonrag.triton import inference_key
+
+RESTRICTED = "is restricted, expecting header"  # Triton 2.51's refusal of a call without its key (gRPC UNAVAILABLE)
 
 
 def _unavailable(detail: str) -> OpenAIError:
@@ -32,8 +37,9 @@ def _unavailable(detail: str) -> OpenAIError:
 class TritonBridge:
     """The service's only way to Triton: model interfaces, streamed generations, embeddings."""
 
-    def __init__(self, url: str, root_cert: Path | None = None):
+    def __init__(self, url: str, root_cert: Path | None = None, key: str | None = None):
         self.url = url
+        self.headers = inference_key.grpc_headers(key)  # key None: $TRITONRAG_INFERENCE_KEY, if set
         if root_cert is None:
             self.client = grpcaio.InferenceServerClient(url)
         else:  # TLS: tritonserver started with --grpc-use-ssl
@@ -81,7 +87,7 @@ class TritonBridge:
         async def one_request():
             yield request
 
-        responses = self.client.stream_infer(one_request())
+        responses = self.client.stream_infer(one_request(), headers=self.headers)
         ended = False
         try:
             while True:
@@ -103,8 +109,10 @@ class TritonBridge:
     async def embed(self, model: ModelInterface, input_ids: np.ndarray) -> np.ndarray:
         """One text's embedding (the embedder batches concurrent requests itself)."""
         try:
-            result = await self.client.infer(model.name, triton_map.embedding_inputs(input_ids))
+            result = await self.client.infer(model.name, triton_map.embedding_inputs(input_ids), headers=self.headers)
         except InferenceServerException as exc:
+            if RESTRICTED in (exc.message() or ""):
+                raise _refused(exc.message()) from None
             error = from_triton(exc.message())
             if error.status == 400 and "UNAVAILABLE" in str(exc.status()):  # a unary call keeps its code
                 error = _unavailable(exc.message())
@@ -115,9 +123,17 @@ class TritonBridge:
         await self.client.close()
 
 
+def _refused(detail: str) -> OpenAIError:
+    """tritonserver's inference is locked and this service's key is missing or wrong: its setup, not the caller's."""
+    message = f"tritonserver refused this service's call (set {inference_key.INFERENCE_KEY_ENV}): {detail}"
+    return OpenAIError(502, message, type="server_error", code="bad_gateway")
+
+
 def _rpc_error(exc: grpc.RpcError) -> OpenAIError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
+    if RESTRICTED in (detail or ""):
+        return _refused(detail)
     if code == grpc.StatusCode.UNAVAILABLE:
         return _unavailable(detail or "cannot reach tritonserver")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

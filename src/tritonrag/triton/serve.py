@@ -1,15 +1,19 @@
 """Run tritonserver on the model repository in the foreground; optionally ask one streamed question.
 
 python -m tritonrag.triton.serve [--demo "question"] [--exit-after-demo] [--grpc-port 8001 ...] [--openai-port 9000]
-                                [--bind 0.0.0.0] [--exit-timeout 30]
+                                [--bind 0.0.0.0] [--exit-timeout 30] [--inference-key-env TRITONRAG_INFERENCE_KEY]
 
 SIGTERM is passed on to tritonserver, which then shuts down as it does on its own SIGTERM (its HTTP
 endpoint closes at once; in-flight requests get up to --exit-timeout seconds; the models unload).
+Inference is locked with a key when $TRITONRAG_INFERENCE_KEY is set (or the variable --inference-key-env
+names): the key is read from the environment, never from this command line, and reaches the demo and the
+OpenAI service through theirs (tritonrag.triton.inference_key).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import subprocess
@@ -18,7 +22,18 @@ import time
 from pathlib import Path
 
 from tritonrag.paths import MODEL_REPOSITORY
+from tritonrag.triton.inference_key import INFERENCE_KEY_ENV, inference_key
 from tritonrag.triton.server import GrpcTls, TritonServer
+
+
+def client_environment(server: TritonServer) -> dict[str, str]:
+    """The environment of our clients of `server` (demo, OpenAI service): its inference key, or none."""
+    env = dict(os.environ)
+    if server.inference_key is not None:
+        env[INFERENCE_KEY_ENV] = server.inference_key
+    else:
+        env.pop(INFERENCE_KEY_ENV, None)
+    return env
 
 
 def ask_demo(server: TritonServer, question: str) -> None:
@@ -26,7 +41,7 @@ def ask_demo(server: TritonServer, question: str) -> None:
     print(f"\n>>> {question}\n", flush=True)
     tls = ["--root-cert", str(server.tls.root)] if server.tls is not None else []
     command = [sys.executable, "-m", "tritonrag_clients.ask", question, "--url", server.grpc_url, *tls]
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env=client_environment(server))
 
 
 def forward_sigterm(server: TritonServer) -> None:
@@ -49,7 +64,7 @@ def start_openai(server: TritonServer, host: str, port: int) -> subprocess.Popen
     command = [sys.executable, "-m", "tritonrag.openai", "--triton-url", server.grpc_url, "--host", host]
     if server.tls is not None:
         command += ["--triton-root-cert", str(server.tls.root)]
-    return subprocess.Popen([*command, "--port", str(port)])
+    return subprocess.Popen([*command, "--port", str(port)], env=client_environment(server))
 
 
 def wait_openai(process: subprocess.Popen, port: int, timeout: float = 300.0) -> bool:
@@ -62,6 +77,17 @@ def wait_openai(process: subprocess.Popen, port: int, timeout: float = 300.0) ->
         except OSError:
             time.sleep(0.5)
     return False
+
+
+def _shown(server: TritonServer) -> list[str]:
+    """The command line as printed: the keys masked (the console and its logs need not hold them)."""
+    keys = [k for k in (server.admin_key, server.inference_key) if k]
+    masked = []
+    for arg in server.command():
+        for key in keys:
+            arg = arg.replace(key, "***")
+        masked.append(arg)
+    return masked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grpc-tls-root", type=Path, default=None, help="what verifies the certificate (default: the certificate)"
     )
+    parser.add_argument(
+        "--inference-key-env",
+        metavar="NAME",
+        default=INFERENCE_KEY_ENV,
+        help="lock inference with the key in this environment variable (unset or empty: inference open)",
+    )
     args = parser.parse_args(argv)
     if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
         parser.error("--grpc-tls-cert and --grpc-tls-key go together")
@@ -97,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         bind_address=args.bind,
         extra_args=[f"--exit-timeout-secs={args.exit_timeout}"],
         tls=tls,
+        inference_key=inference_key(args.inference_key_env),
     )
-    print("starting tritonserver: " + " ".join(server.command()), flush=True)
+    print("starting tritonserver: " + " ".join(_shown(server)), flush=True)
     server.start(foreground=True)
     forward_sigterm(server)
     started = time.monotonic()

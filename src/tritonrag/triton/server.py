@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tritonrag.paths import MODEL_REPOSITORY, REPO_ROOT, artifacts_dir
+from tritonrag.triton.inference_key import INFERENCE_APIS, INFERENCE_HEADER, INFERENCE_KEY_ENV, restricted_rule
 from tritonrag.triton.loopback import GRPC_ROOT_CERT_ENV, GRPC_URL_ENV
 
 BACKEND_NAME = "tritonrag_llm"
@@ -125,6 +126,9 @@ class TritonServer:
     # Triton's admin APIs (ADMIN_APIS) answer only with this key in the ADMIN_HEADER header (HTTP and
     # gRPC metadata): $TRITONRAG_ADMIN_KEY, else a random key no one knows (admin calls refused). None: open.
     admin_key: str | None = field(default_factory=lambda: os.environ.get(ADMIN_KEY_ENV) or new_key(), repr=False)
+    # An option: inference (INFERENCE_APIS) answers only with this key in the INFERENCE_HEADER header, and the
+    # llm router's loopback sends it (tritonrag.triton.inference_key). $TRITONRAG_INFERENCE_KEY; None: open.
+    inference_key: str | None = field(default_factory=lambda: os.environ.get(INFERENCE_KEY_ENV) or None, repr=False)
 
     @classmethod
     def on_free_ports(cls, **kwargs) -> TritonServer:
@@ -165,11 +169,16 @@ class TritonServer:
         ]
 
     def restricted_args(self) -> list[str]:
-        """Triton 2.51's restricted-API flags: the admin groups need the key, inference and health do not."""
-        if self.admin_key is None:
-            return []
-        rule = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
-        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+        """Triton 2.51's restricted-API flags: the admin groups need the admin key; inference needs the inference
+        key when there is one (a flag per rule, each rule its own header; checked: both hold); health never."""
+        rules = []
+        if self.admin_key is not None:
+            rules.append(restricted_rule(ADMIN_APIS, ADMIN_HEADER, self.admin_key))
+        if self.inference_key is not None:
+            rules.append(restricted_rule(INFERENCE_APIS, INFERENCE_HEADER, self.inference_key))
+        return [
+            arg for rule in rules for arg in (f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}")
+        ]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -187,6 +196,11 @@ class TritonServer:
             env[GRPC_ROOT_CERT_ENV] = str(self.tls.root)
         else:
             env.pop(GRPC_ROOT_CERT_ENV, None)
+        # The router's loopback sends the key it finds here (model_repository/llm); none when inference is open.
+        if self.inference_key is not None:
+            env[INFERENCE_KEY_ENV] = self.inference_key
+        else:
+            env.pop(INFERENCE_KEY_ENV, None)
         return env
 
     def start(self, foreground: bool = False) -> TritonServer:
