@@ -21,7 +21,7 @@ Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: corpus-core corpus-full index-bench help setup kernels serve demo ask test test-fast eval bench bench-vllm onnx engines gpu-check browser clean perf perf-tools soak
+.PHONY: corpus-core corpus-full index-bench help setup kernels serve demo ask test test-fast eval bench bench-vllm bench-serve onnx engines gpu-check browser clean perf perf-tools soak
 
 help:
 	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline,"
@@ -34,6 +34,8 @@ help:
 	@echo "make corpus-core  index only the most-used stdlib modules (corpus-full: every public module, the default)"
 	@echo "make bench     engine benchmark against Hugging Face generate()"
 	@echo "make bench-vllm  the same with vLLM's CPU build as a peer (opt-in: a separate, large .venv-vllm)"
+	@echo "make bench-serve our tritonserver + OpenAI service against vLLM's OpenAI server, aiperf driving both, same"
+	@echo "               prompts, c=1,8,32, fp32 and bf16 (opt-in: .venv-vllm; artifacts/bench/serve/; SERVE_BENCH_ARGS=...)"
 	@echo "make soak      mixed hostile traffic, bursts, a canary flip and a generator stub kill against its own"
 	@echo "               tritonserver, then leak/hang checks (artifacts/soak/; SOAK_ARGS=\"--minutes 20\" or \"--url h:8001 ...\")"
 	@echo "make perf      genai-perf against the running server's LLM (make serve first): a concurrency sweep"
@@ -142,6 +144,11 @@ browser:
 
 bench-vllm: setup .venv-vllm/bin/vllm
 	$(PY) -m tritonrag_bench --targets engine,hf,vllm --vllm-python .venv-vllm/bin/python
+
+# Served peers (tritonrag_bench.serve_bench): our tritonserver + `python -m tritonrag.openai` and vLLM's OpenAI
+# server, one after the other, each loaded by aiperf with the same prompts. Opt-in: needs .venv-vllm. For a quiet machine.
+bench-serve: setup $(AIPERF) .venv-vllm/bin/vllm
+	$(PY) -m tritonrag_bench.serve_bench --vllm-python .venv-vllm/bin/python $(SERVE_BENCH_ARGS)
 
 # Every GPU-only check in one run (<= 10 min) with a report; on a host without a GPU it says so and exits 0.
 # BARE=1: a CUDA host with torch and transformers but no setup or network (build/gpu_check.py --bare: random
