@@ -116,16 +116,29 @@ class LoopbackStream:
         self.cancelled = False
         # The bound ends the stream even if the generator never answers (a dead or stalled stub).
         self._client.start_stream(callback=self._on_response, stream_timeout=bound_s, headers=pool.headers)
-        self._client.async_stream_infer(
-            model,
-            [_infer_input(name, array) for name, array in inputs.items()],
-            model_version=str(version),
-            outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
-            request_id=request_id,
-            enable_empty_final_response=True,
-            timeout=timeout_us or None,
-        )
         self._outputs = outputs
+        try:
+            self._client.async_stream_infer(
+                model,
+                [_infer_input(name, array) for name, array in inputs.items()],
+                model_version=str(version),
+                outputs=[grpcclient.InferRequestedOutput(name) for name in outputs],
+                request_id=request_id,
+                enable_empty_final_response=True,
+                timeout=timeout_us or None,
+            )
+        except InferenceServerException as exc:  # the stream was refused as it opened
+            self._close(cancel=True)
+            raise self._refusal(exc) from None
+
+    def _refusal(self, exc: InferenceServerException) -> Exception:
+        """Why the stream was refused: the server's reason reaches the callback, tritonclient raises only
+        "the stream is no longer in valid state"."""
+        try:
+            reply = self._replies.get(timeout=1.0)
+        except queue.Empty:
+            return typed_error(exc)
+        return reply.error or typed_error(exc)
 
     def _on_response(self, result, error) -> None:
         if error is not None:
