@@ -2,12 +2,14 @@
 through `rag` and `llm` over gRPC and HTTP, cancels, disconnects, bad inputs, two bursts past the router's
 max_streams, a canary flip and back, one SIGKILL of generator version 1's stub, then the move to version 2.
 
-Asserted: the server stays up; no call hangs except those in flight at the kill; every error is the
-code its scenario expects (an INVALID_ARG names its field); the engine drains to no running, waiting or
-KV block held; the server and models are ready and answer. Not asserted: that the calls in flight at the
-kill end and that the killed version serves again. On tritonserver 2.51 neither happens (the Python
-backend restarts a dead stub only for non-decoupled models, and Triton never ends the requests that
-were in it); the soak reports both (README, Security and limits). No timings are asserted.
+Every call carries a 30 s Triton timeout; the `llm` router bounds its generator stream by that plus 30 s.
+Asserted: the server stays up; no call hangs (the soak's own 120 s deadline) except an HTTP `rag` stream
+that was in flight in the killed stub: the calls in the dead stub end UNAVAILABLE at the router's bound,
+but such an HTTP `rag` stream has been seen to wait for the router's default bound (330 s) instead,
+cause not isolated (README, Security and limits). Every error is the code its scenario expects (an
+INVALID_ARG names its field); the engine drains to no running, waiting or KV block held; the server and
+models are ready and answer. Not asserted: that the killed version serves again; on tritonserver 2.51 it
+does not (the Python backend restarts a dead stub only for non-decoupled models). No timings are asserted.
 
 TRITONRAG_SOAK_MINUTES sets the traffic time (default 1.5).
 """
@@ -20,7 +22,7 @@ import pytest
 
 from tritonrag.paths import artifacts_dir, generator_weights_dir, index_dir
 from tritonrag_bench.soak import cli, server
-from tritonrag_bench.soak.outcomes import INVALID_ARG, OK, UNAVAILABLE
+from tritonrag_bench.soak.outcomes import HUNG, INVALID_ARG, OK, UNAVAILABLE
 from tritonrag_bench.soak.runner import Settings
 
 MINUTES = float(os.environ.get("TRITONRAG_SOAK_MINUTES", "1.5"))
@@ -36,7 +38,7 @@ def result() -> dict:
     out = artifacts_dir() / "soak" / "test"
     own, endpoints = server.start_own(out)
     try:
-        settings = Settings(minutes=MINUTES, concurrency=6, burst=96, deadline_s=60.0, drain_s=120.0)
+        settings = Settings(minutes=MINUTES, concurrency=6, burst=96, timeout_s=30.0, deadline_s=120.0, drain_s=120.0)
         return cli.run(settings, endpoints, out, {"server": "own tritonserver 2.51 (tests/server/test_soak.py)"})
     finally:
         own.stop()
@@ -52,8 +54,10 @@ def test_the_server_stays_up_and_answers(result):
         assert check(result, name)["passed"], check(result, name)
 
 
-def test_no_call_hangs_outside_the_kill(result):
+def test_no_call_hangs_but_an_http_rag_stream_in_the_killed_stub(result):
     assert check(result, "no hung call (outside the kill)")["passed"], check(result, "no hung call (outside the kill)")
+    at_kill = [u for u in result["unexpected"] if u["code"] == HUNG]
+    assert all(u["scenario"] == "rag_http_stream" for u in at_kill), at_kill
 
 
 def test_every_error_is_typed(result):

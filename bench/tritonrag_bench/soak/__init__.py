@@ -13,10 +13,12 @@ a canary weight flip and back (the canary CLI, on the soak's own weights file), 
 SIGKILL of a generator version's Python stub, after which the traffic is moved to the other
 version (`canary promote`), as an operator would.
 
-Every call has a deadline; one that has not ended by then is HUNG. At the end the soak waits
-for the engine to drain and checks, from the generator's /metrics, that no sequence runs or
-waits and no KV block is in use, that the server and every model are ready, and that a plain
-`llm` and `rag` request are answered. It prints counts by scenario and outcome code, TTFT and
+Every call carries a Triton timeout (`--timeout`, 60 s), as a careful client's does: the `llm` router
+bounds its generator stream by it plus 30 s, so a generator stub that dies mid-stream cannot keep a
+call open. The soak waits for each call up to its own deadline (`--deadline`, 180 s): one still open
+then is HUNG. At the end the soak waits for the engine to drain and checks, from the generator's
+/metrics, that no sequence runs or waits and no KV block is in use, that the server and every
+model are ready, and that a plain `llm` and `rag` request are answered. It prints counts by scenario and outcome code, TTFT and
 total latency percentiles, and writes `result.json` and `result.md` under `--out`. Exit status:
 0 when every check passed, 1 when one failed (leak, hang, untyped error, not ready), 2 when the
 server died or never started.

@@ -28,6 +28,16 @@ from tritonrag_bench.soak.outcomes import (
 )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How long the soak waits for a call before it is HUNG, and the Triton timeout the client sends
+    with it (microseconds; 0: none). The `llm` router bounds its generator stream by that timeout plus
+    30 s (`stream_bound_s`, 330 s without one), so a stub that dies mid-stream cannot keep the call open."""
+
+    deadline_s: float
+    timeout_us: int = 0
+
+
 @dataclass
 class Call:
     code: str
@@ -72,8 +82,9 @@ def _grpc_text_and_version(result) -> tuple[bool, int | None, bool]:
     return bool(text), version, final
 
 
-def grpc_stream(url: str, model: str, inputs: list, deadline_s: float, cancel_after: int | None = None) -> Call:
+def grpc_stream(url: str, model: str, inputs: list, limits: Limits, cancel_after: int | None = None) -> Call:
     """One request on its own gRPC stream; with `cancel_after`, the client cancels it after that many responses."""
+    deadline_s = limits.deadline_s
     clock, events = _Clock(deadline_s), queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     responses, version = 0, None
@@ -81,7 +92,8 @@ def grpc_stream(url: str, model: str, inputs: list, deadline_s: float, cancel_af
         client.start_stream(
             callback=lambda result=None, error=None: events.put((result, error)), headers=inference_key.grpc_headers()
         )
-        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        timeout = limits.timeout_us or None
+        client.async_stream_infer(model, inputs, timeout=timeout, enable_empty_final_response=True)
         while True:
             try:
                 result, error = events.get(timeout=max(clock.left(), 0.001))
@@ -104,10 +116,21 @@ def grpc_stream(url: str, model: str, inputs: list, deadline_s: float, cancel_af
         client.close()
 
 
-def http_generate(url: str, model: str, body: dict | str, deadline_s: float) -> Call:
-    """One `generate` call; a str body is sent as it is (JSON that Python would not write)."""
+def _with_timeout(body: dict | str, limits: Limits) -> str:
+    """The body as JSON with the client's timeout as `parameters.timeout` (how 2.51's generate passes one);
+    a str body is sent as it is (JSON that Python would not write)."""
+    if isinstance(body, str):
+        return body
+    if limits.timeout_us:
+        body = {**body, "parameters": {**body.get("parameters", {}), "timeout": limits.timeout_us}}
+    return json.dumps(body)
+
+
+def http_generate(url: str, model: str, body: dict | str, limits: Limits) -> Call:
+    """One `generate` call."""
+    deadline_s = limits.deadline_s
     clock = _Clock(deadline_s)
-    data = body if isinstance(body, str) else json.dumps(body)
+    data = _with_timeout(body, limits)
     try:
         reply = requests.post(
             f"http://{url}/v2/models/{model}/generate",
@@ -124,9 +147,10 @@ def http_generate(url: str, model: str, body: dict | str, deadline_s: float) -> 
     return clock.call(code_of_http(reply.status_code, str(error or reply.text)), 0, None, str(error or reply.text))
 
 
-def http_stream(url: str, model: str, body: dict, deadline_s: float, drop_after: int | None = None) -> Call:
+def http_stream(url: str, model: str, body: dict, limits: Limits, drop_after: int | None = None) -> Call:
     """One `generate_stream` call (server-sent events); with `drop_after`, the client closes the
     connection after that many events, mid-answer (a disconnect)."""
+    deadline_s = limits.deadline_s
     clock, responses, version = _Clock(deadline_s), 0, None
     try:
         reply = requests.post(

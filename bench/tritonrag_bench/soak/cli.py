@@ -22,6 +22,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=defaults.minutes, help="traffic time (default 2)")
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency, help="workers, one call each")
     parser.add_argument("--burst", type=int, default=defaults.burst, help="streams per burst (router max_streams 64)")
+    parser.add_argument("--burst-every", type=float, default=defaults.burst_every_s, help="seconds between bursts")
+    parser.add_argument(
+        "--timeout", type=float, default=defaults.timeout_s, help="the Triton timeout each call carries, s (0: none)"
+    )
     parser.add_argument("--deadline", type=float, default=defaults.deadline_s, help="seconds before a call is HUNG")
     parser.add_argument("--drain", type=float, default=defaults.drain_s, help="seconds the engine may take to drain")
     parser.add_argument("--no-canary", action="store_true", help="no canary weight flip")
@@ -41,7 +45,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         minutes=args.minutes,
         concurrency=args.concurrency,
         deadline_s=args.deadline,
+        timeout_s=args.timeout,
         burst=args.burst,
+        burst_every_s=args.burst_every,
         canary=not args.no_canary,
         kill=not args.no_kill,
         kill_version=args.kill_version,

@@ -9,7 +9,7 @@ import requests
 
 from tritonrag import metrics
 from tritonrag.defaults import ENSEMBLE_MODEL, GENERATOR_MODEL, LLM_MODEL
-from tritonrag_bench.soak.calls import Call, grpc_stream
+from tritonrag_bench.soak.calls import Call, Limits, grpc_stream
 from tritonrag_bench.soak.scenarios import Target, llm_stream, rag_stream
 from tritonrag_clients.prom import parse_metrics, total
 from tritonrag_clients.streaming import bytes_input, generator_inputs
@@ -80,7 +80,9 @@ def pinned(target: Target, version: int, rng: random.Random) -> Call:
     """A tiny `llm` request pinned to one generator version."""
     inputs = generator_inputs("Hello", {"max_tokens": 2, "temperature": 0}, returns=())
     inputs.append(bytes_input("model_version", str(version)))
-    return grpc_stream(target.grpc, LLM_MODEL, inputs, min(target.deadline_s, 60.0))
+    return grpc_stream(
+        target.grpc, LLM_MODEL, inputs, Limits(min(target.limits.deadline_s, 60.0), target.limits.timeout_us)
+    )
 
 
 def plain_requests(target: Target) -> dict[str, Call]:

@@ -1,8 +1,9 @@
 """Run the soak: worker threads send the scenario mix until time is up while a timeline adds the chaos.
 
-The timeline (fractions of the run): a burst at 15%, the canary at 50% from 30%, a second burst
-at 45% (while the canary takes half), the canary back to 0% at 55%, the generator's stable
-version's stub killed at 70% and traffic moved to the other version (`canary promote`) at 78%.
+The timeline (fractions of the run): a burst every 40 s from 15% to 68% (two in a 2-minute run, the
+second while the canary takes half), the canary at 50% from 30% and back to 0% at 55%, the
+generator's stable version's stub killed at 70% and traffic moved to the other version (`canary
+promote`) at 78%.
 A watcher asks the killed version (a pinned `llm` request) every few seconds whether it serves
 again. Each call's outcome goes into the ledger with the phase it started in.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from tritonclient.utils import InferenceServerException
 
 from tritonrag_bench.soak import chaos, probes
-from tritonrag_bench.soak.calls import Call
+from tritonrag_bench.soak.calls import Call, Limits
 from tritonrag_bench.soak.outcomes import INTERNAL, INVALID_ARG, OK, STUB_DEAD, Ledger, Outcome, code_of_grpc
 from tritonrag_bench.soak.scenarios import Scenario, Target, llm_stream, mix, rag_stream
 
@@ -29,8 +30,11 @@ from tritonrag_bench.soak.scenarios import Scenario, Target, llm_stream, mix, ra
 class Settings:
     minutes: float = 2.0
     concurrency: int = 8  # worker threads, each with one call in flight
-    deadline_s: float = 120.0  # a call not ended by then is HUNG
+    timeout_s: float = 60.0  # the Triton timeout every call carries (0: none); the router adds 30 s to bound it
+    # A call not ended by then is HUNG: past the router's bound above, with a minute for the stages before it.
+    deadline_s: float = 180.0
     burst: int = 96  # streams sent at once in each burst (the router takes 64)
+    burst_every_s: float = 40.0
     canary: bool = True  # flip the canary weight mid-run (needs generator versions 1 and 2)
     kill: bool = True  # SIGKILL the stable generator version's stub mid-run
     kill_version: int = 1
@@ -73,11 +77,13 @@ class KillWatch:
 class Soak:
     def __init__(self, settings: Settings, endpoints: Endpoints) -> None:
         self.settings, self.endpoints = settings, endpoints
-        self.target = Target(endpoints.grpc, endpoints.http, settings.deadline_s)
+        limits = Limits(settings.deadline_s, int(settings.timeout_s * 1e6))
+        self.target = Target(endpoints.grpc, endpoints.http, limits)
         self.ledger = Ledger()
         self.events: list[Event] = []
         self.phase = "start"
         self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
         self.crashed: str | None = None
         self.watch = KillWatch(settings.kill_version)
         self.t0 = time.monotonic()
@@ -126,6 +132,21 @@ class Soak:
 
     # ---- the run ---------------------------------------------------------------------------------
     def run(self) -> None:
+        self.spawn_workers(self.settings.concurrency)
+        for target in (self.timeline, self.progress):
+            self.threads.append(threading.Thread(target=target, daemon=True))
+            self.threads[-1].start()
+        while self.now() < self.duration and not self.stop.is_set():
+            time.sleep(0.5)
+        self.stop.set()
+        index = 0
+        while index < len(self.threads):  # every call ends by its deadline, so these joins end too
+            self.threads[index].join(self.settings.deadline_s + 30)
+            index += 1
+        self.note("traffic stopped", f"{len(self.ledger.outcomes)} calls, {self.ledger.in_flight} still open")
+
+    def spawn_workers(self, count: int) -> None:
+        """`count` more workers, each sending one call of the mix after another until the run ends."""
         scenarios = mix()
         weights = [s.weight for s in scenarios]
 
@@ -134,17 +155,10 @@ class Soak:
             while not self.stop.is_set() and self.now() < self.duration:
                 self.record(rng.choices(scenarios, weights)[0], rng)
 
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(self.settings.concurrency)]
-        threads.append(threading.Thread(target=self.timeline, daemon=True))
-        threads.append(threading.Thread(target=self.progress, daemon=True))
-        for thread in threads:
-            thread.start()
-        while self.now() < self.duration and not self.stop.is_set():
-            time.sleep(0.5)
-        self.stop.set()
-        for thread in threads:  # every call ends by its deadline, so these joins end too
-            thread.join(self.settings.deadline_s + 30)
-        self.note("traffic stopped", f"{len(self.ledger.outcomes)} calls, {self.ledger.in_flight} still open")
+        first = len(self.threads)
+        for index in range(first, first + count):
+            self.threads.append(threading.Thread(target=worker, args=(index,), daemon=True))
+            self.threads[-1].start()
 
     def note(self, what: str, detail: str = "") -> None:
         event = Event(round(self.now(), 1), what, detail)
@@ -159,18 +173,23 @@ class Soak:
         return not self.stop.is_set()
 
     def timeline(self) -> None:
-        steps: list[tuple[float, Callable[[], None]]] = [(0.15, self.burst)]
+        steps: list[tuple[float, Callable[[], None]]] = [(f, self.burst) for f in self.burst_fractions()]
         if self.settings.canary:
-            steps += [(0.30, lambda: self.split("canary 50%", "set", "--canary-weight", "0.5")), (0.45, self.burst)]
+            steps += [(0.30, lambda: self.split("canary 50%", "set", "--canary-weight", "0.5"))]
             steps += [(0.55, lambda: self.split("canary 0%", "rollback"))]
-        else:
-            steps += [(0.45, self.burst)]
         if self.settings.kill:
             steps += [(0.70, self.kill), (0.78, lambda: self.split("failover: canary promoted", "promote"))]
-        for fraction, action in steps:
+        for fraction, action in sorted(steps, key=lambda step: step[0]):
             if not self.at(fraction):
                 return
             action()
+
+    def burst_fractions(self) -> list[float]:
+        """A burst every `burst_every_s` from 15% of the run until 68% (before the kill): two in a 2-minute run
+        (one while the canary takes half), about one every 40 s in a longer one."""
+        first, last = 0.15 * self.duration, 0.68 * self.duration
+        count = max(1, int((last - first) // self.settings.burst_every_s) + 1)
+        return [(first + i * self.settings.burst_every_s) / self.duration for i in range(count)]
 
     def burst(self) -> None:
         size = self.settings.burst
@@ -197,6 +216,9 @@ class Soak:
         self.phase = f"generator v{self.settings.kill_version} stub killed"
         self.note("kill", self.watch.detail)
         threading.Thread(target=self.watch_killed, daemon=True).start()
+        # The calls in flight in the dead stub hold their workers until the router's bound ends them.
+        self.spawn_workers(self.settings.concurrency)
+        self.note("workers added", f"{self.settings.concurrency} more, so traffic goes on past the stuck calls")
 
     def watch_killed(self) -> None:
         """Ask the killed version every 5 s (a pinned llm request) until it serves again or the soak ends."""

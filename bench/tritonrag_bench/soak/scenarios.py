@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tritonrag.defaults import ENSEMBLE_MODEL, LLM_MODEL
-from tritonrag_bench.soak.calls import Call, grpc_stream, http_generate, http_stream
+from tritonrag_bench.soak.calls import Call, Limits, grpc_stream, http_generate, http_stream
 from tritonrag_bench.soak.outcomes import CANCELLED, DISCONNECTED, INVALID_ARG, OK, TRITON_JSON, UNAVAILABLE
 from tritonrag_clients.streaming import bytes_input, generator_inputs, rag_inputs
 
@@ -41,11 +41,11 @@ SERVED = frozenset({OK, UNAVAILABLE})
 
 @dataclass(frozen=True)
 class Target:
-    """The server's addresses, and how long a call may take."""
+    """The server's addresses, and each call's limits."""
 
     grpc: str
     http: str
-    deadline_s: float
+    limits: Limits
 
 
 @dataclass(frozen=True)
@@ -68,44 +68,44 @@ def _sampling(rng: random.Random, max_tokens: int, long: bool = False) -> dict:
 def llm_stream(target: Target, rng: random.Random, max_tokens: int | None = None) -> Call:
     tokens = max_tokens or rng.randint(8, 32)
     inputs = generator_inputs(rng.choice(PROMPTS), _sampling(rng, tokens), returns=())
-    return grpc_stream(target.grpc, LLM_MODEL, inputs, target.deadline_s)
+    return grpc_stream(target.grpc, LLM_MODEL, inputs, target.limits)
 
 
 def rag_stream(target: Target, rng: random.Random, max_tokens: int | None = None) -> Call:
     inputs = rag_inputs(rng.choice(QUESTIONS), top_k=rng.randint(1, 4), sampling=_sampling(rng, max_tokens or 24))
-    return grpc_stream(target.grpc, ENSEMBLE_MODEL, inputs, target.deadline_s)
+    return grpc_stream(target.grpc, ENSEMBLE_MODEL, inputs, target.limits)
 
 
 def _llm_cancel(target: Target, rng: random.Random) -> Call:
     inputs = generator_inputs(rng.choice(PROMPTS), _sampling(rng, 300, long=True), returns=())
-    return grpc_stream(target.grpc, LLM_MODEL, inputs, target.deadline_s, cancel_after=rng.randint(1, 4))
+    return grpc_stream(target.grpc, LLM_MODEL, inputs, target.limits, cancel_after=rng.randint(1, 4))
 
 
 def _rag_cancel(target: Target, rng: random.Random) -> Call:
     # Generation behind a cancelled rag stream may run on (README: the ensemble does not pass the
     # cancel on in 2.51): bounded by a modest max_tokens, and the drain check counts what stays held.
     inputs = rag_inputs(rng.choice(QUESTIONS), sampling=_sampling(rng, 48, long=True))
-    return grpc_stream(target.grpc, ENSEMBLE_MODEL, inputs, target.deadline_s, cancel_after=rng.randint(1, 3))
+    return grpc_stream(target.grpc, ENSEMBLE_MODEL, inputs, target.limits, cancel_after=rng.randint(1, 3))
 
 
 def _llm_http(target: Target, rng: random.Random) -> Call:
     body = {"text_input": rng.choice(PROMPTS), "max_tokens": rng.randint(8, 32), "temperature": 0}
-    return http_generate(target.http, LLM_MODEL, body, target.deadline_s)
+    return http_generate(target.http, LLM_MODEL, body, target.limits)
 
 
 def _llm_http_stream(target: Target, rng: random.Random) -> Call:
     body = {"text_input": rng.choice(PROMPTS), "max_tokens": rng.randint(8, 32), "stream": True}
-    return http_stream(target.http, LLM_MODEL, body, target.deadline_s)
+    return http_stream(target.http, LLM_MODEL, body, target.limits)
 
 
 def _llm_disconnect(target: Target, rng: random.Random) -> Call:
     body = {"text_input": rng.choice(PROMPTS), "max_tokens": 300, "ignore_eos": True, "stream": True}
-    return http_stream(target.http, LLM_MODEL, body, target.deadline_s, drop_after=rng.randint(1, 4))
+    return http_stream(target.http, LLM_MODEL, body, target.limits, drop_after=rng.randint(1, 4))
 
 
 def _rag_http_stream(target: Target, rng: random.Random) -> Call:
     body = {"query": rng.choice(QUESTIONS), "sampling_parameters": json.dumps(_sampling(rng, 24))}
-    return http_stream(target.http, ENSEMBLE_MODEL, body, target.deadline_s)
+    return http_stream(target.http, ENSEMBLE_MODEL, body, target.limits)
 
 
 def _bad_llm(sampling: str = '{"max_tokens": 4}', prompt: str = "Hello", bad_pin: bool = False):
@@ -115,7 +115,7 @@ def _bad_llm(sampling: str = '{"max_tokens": 4}', prompt: str = "Hello", bad_pin
         inputs = generator_inputs(prompt, sampling, returns=())
         if bad_pin:
             inputs.append(bytes_input("model_version", rng.choice(BAD_PINS)))
-        return grpc_stream(target.grpc, LLM_MODEL, inputs, target.deadline_s)
+        return grpc_stream(target.grpc, LLM_MODEL, inputs, target.limits)
 
     return run
 
@@ -127,7 +127,7 @@ def _bad_rag(query: str | None, sampling: str = '{"max_tokens": 4}', bad_pin: bo
             inputs.append(bytes_input("query", query))
         if bad_pin:
             inputs.append(bytes_input("model_version", rng.choice(BAD_PINS)))
-        return grpc_stream(target.grpc, ENSEMBLE_MODEL, inputs, target.deadline_s)
+        return grpc_stream(target.grpc, ENSEMBLE_MODEL, inputs, target.limits)
 
     return run
 
@@ -137,7 +137,7 @@ def _bad_http(body: dict | str, bad_pin: bool = False):
 
     def run(target: Target, rng: random.Random) -> Call:
         sent = {**body, "model_version": rng.choice(BAD_PINS)} if bad_pin and isinstance(body, dict) else body
-        return http_generate(target.http, LLM_MODEL, sent, target.deadline_s)
+        return http_generate(target.http, LLM_MODEL, sent, target.limits)
 
     return run
 
