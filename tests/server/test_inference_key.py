@@ -31,7 +31,7 @@ from tritonrag.openai.triton_map import Ask
 from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_dir
 from tritonrag.triton.inference_key import INFERENCE_HEADER, INFERENCE_KEY_ENV, http_headers
 from tritonrag.triton.server import TritonServer, new_key
-from tritonrag_bench.soak.calls import grpc_stream, http_generate, http_stream
+from tritonrag_bench.soak.calls import Limits, grpc_stream, http_generate, http_stream
 from tritonrag_bench.soak.outcomes import OK
 from tritonrag_clients.streaming import StreamingClient, collect, generator_inputs
 
@@ -117,7 +117,7 @@ def test_the_openai_bridge_sends_the_key_and_a_wrong_one_is_a_502(keyed_server):
 def test_the_soak_sends_the_key_from_the_environment(keyed_server, monkeypatch):
     monkeypatch.setenv(INFERENCE_KEY_ENV, KEY)
     body = {"text_input": PROMPT, "parameters": SAMPLING}
-    limits = 300  # the calls' deadline, seconds
+    limits = Limits(deadline_s=300)
     calls = {
         "grpc": grpc_stream(keyed_server.grpc_url, LLM_MODEL, generator_inputs(PROMPT, SAMPLING), limits),
         "generate": http_generate(keyed_server.http_url, LLM_MODEL, body, limits),
