@@ -71,11 +71,12 @@ def git_state() -> dict:
 
 def run(settings: Settings, endpoints: Endpoints, out: Path, meta: dict) -> dict:
     """Run the soak against `endpoints`, judge it, write result.json and result.md; the result."""
+    meta = {**meta, **git_state()}  # the code the server started with
     soak = Soak(settings, endpoints)
     soak.note("soak started", f"{settings.minutes:g} min, {settings.concurrency} workers, bursts of {settings.burst}")
     soak.run()
     verdict, measured = checks.verdict(soak)
-    meta = {**meta, **git_state(), "minutes": settings.minutes, "concurrency": settings.concurrency}
+    meta = {**meta, "minutes": settings.minutes, "concurrency": settings.concurrency}
     meta |= {
         "burst": settings.burst,
         "deadline_s": settings.deadline_s,
