@@ -18,6 +18,7 @@ GOING_AWAY_MARKERS = (
     "is not ready",
     "is not at ready state",
     "is stalled",
+    "is not healthy",  # Triton 2.51: "Stub process '<model>' is not healthy." (a dead stub, never restarted)
     "unknown model",
     "server is stopping",
     "no available versions",
