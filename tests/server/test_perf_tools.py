@@ -8,6 +8,7 @@ every request succeeded and generated exactly the tokens asked for.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -98,7 +99,9 @@ def test_perf_analyzer_with_request_parameters(server, perf_tools, tmp_path):
     args += ["--request-parameter", "max_tokens:4:int", "--request-parameter", "ignore_eos:true:bool"]
     before = counters(server)
     output, export = perf_analyzer(args, tmp_path / "export.json", timeout=600)
-    assert "Successful request count: 6" in output
+    # The client's count: the server section's "Successful request count" is a window on Triton's own
+    # statistics, where a request of the test before can still finish (7 seen in a clean-clone run).
+    assert re.search(r"Client: \s+Request count: 6\b", output), output
     assert settled(server, {"success": 8, "failure": 0, "tokens": 32}, before) == {
         "success": 8,
         "failure": 0,
