@@ -1,8 +1,9 @@
-"""The decoder's attention paths and prepacked linears against plain reference computations.
+"""The decoder's attention paths, CPU kernels and prepacked linears against plain reference computations.
 
 No weights needed: a two-layer toy config with random weights and a random paged cache,
-so every path (bucketed decodes, a chunk from position 0, a chunk after a cached prefix)
-is checked against one SDPA per sequence over that sequence's own keys.
+so every path (bucketed decodes, a chunk from position 0, a chunk after a cached prefix,
+the paged attention op) is checked against one SDPA per sequence over that sequence's own
+keys, and each fused kernel against the torch ops it replaces.
 """
 
 from __future__ import annotations
@@ -96,17 +97,22 @@ def _reference(q, k_seq, v_seq, q_positions) -> torch.Tensor:
     return o[0].transpose(0, 1)
 
 
-def decode_op():
-    """The paged decode op; skips only where it is switched off or not built for this platform."""
+def kernels() -> paged_attention.CpuKernels:
+    """The CPU kernels; skips only where they are switched off or not built for this platform."""
     reason = paged_attention.disabled_reason()
     if reason:
-        pytest.skip(f"paged decode op not used here: {reason}")
-    op = paged_attention.load_decode_kernel()
-    assert op is not None, "the paged decode op failed to build on Linux (see the log)"
-    return op
+        pytest.skip(f"CPU kernels not used here: {reason}")
+    found = paged_attention.load_kernels()
+    assert found is not None, "the CPU kernels failed to build on Linux (see the log)"
+    return found
 
 
-@pytest.mark.parametrize("decode", ["buckets, cost 0", "buckets, cost 16", "one bucket", "paged decode op"])
+def decode_op():
+    kernels()  # skips where they are not used
+    return paged_attention.load_decode_kernel()
+
+
+@pytest.mark.parametrize("decode", ["buckets, cost 0", "buckets, cost 16", "one bucket", "paged attention op"])
 def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, decode):
     """Decodes of very different lengths, a chunk from position 0 and a chunk after a cached prefix, packed together."""
     monkeypatch.setattr(
@@ -115,12 +121,12 @@ def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, d
     torch.manual_seed(0)
     rng = random.Random(2)
     cfg = (
-        CFG if decode != "paged decode op" else dataclasses.replace(CFG, head_dim=64)
+        CFG if decode != "paged attention op" else dataclasses.replace(CFG, head_dim=64)
     )  # the op is built for 64 and 128
     H, KVH, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     attn = Attention(cfg, GatherScratch()).eval()
-    if decode == "paged decode op":
-        attn.decode_op = decode_op()
+    if decode == "paged attention op":
+        attn.kernels = kernels()
     # (query_len, context_len): four decodes, a fresh 9-token chunk, a 7-token chunk after 21 cached tokens
     plan = [(1, 3), (1, 57), (1, 16), (1, 130), (9, 9), (7, 28)]
     tables = _sequences(rng, [ctx for _, ctx in plan])
@@ -137,11 +143,11 @@ def test_attention_over_the_paged_cache_matches_per_sequence_sdpa(monkeypatch, d
         BLOCK_SIZE,
         [0],
         "cpu",
-        paged_decode=attn.decode_op is not None,
+        paged=attn.kernels is not None,
     )
-    assert (meta.decode_tables is not None) == (decode == "paged decode op") and bool(meta.decode_buckets) != (
-        meta.decode_tables is not None
-    )
+    paged = meta.query_starts is not None
+    assert paged == (decode == "paged attention op") and bool(meta.decode_buckets) != paged
+    assert bool(meta.prefills) != paged
     with torch.inference_mode():
         got = attn(x, cos, sin, k_cache, v_cache, meta)  # writes this step's K/V too
         qkv = attn.qkv_proj(x)
@@ -178,6 +184,106 @@ def test_paged_decode_op_rejects_a_context_longer_than_its_table():
     k_cache = v_cache = torch.zeros(8, 16, 3, 64)
     with pytest.raises(RuntimeError, match="context length 40 does not fit the block table"):
         op(torch.zeros(1, 9, 64), k_cache, v_cache, torch.zeros(1, 2, dtype=torch.long), torch.tensor([40]), 0.125)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("head_dim", "groups"), [(64, 3), (128, 2), (64, 1), (64, 8)])
+def test_paged_attention_op_matches_torch_for_decodes_and_chunks(dtype, head_dim, groups):
+    """One call: decodes at block edges and far past them, chunks from 0 and after a cached prefix,
+    chunk lengths under, at and over the 16-token tile, causal within each chunk."""
+    ops = kernels()
+    torch.manual_seed(6)
+    block_size, KVH, D = 16, 2, head_dim
+    plan = [(1, 1), (1, 16), (1, 17), (1, 300), (9, 9), (7, 28), (16, 16), (40, 40), (16, 100), (33, 517)]
+    k_cache, v_cache = (torch.randn(NUM_BLOCKS, block_size, KVH, D).to(dtype) for _ in range(2))
+    tables = torch.stack([torch.randperm(NUM_BLOCKS)[:40] for _ in plan])
+    lens = torch.tensor([ctx for _, ctx in plan])
+    starts = torch.tensor([0] + [q for q, _ in plan]).cumsum(0)
+    q = torch.randn(int(starts[-1]), KVH * groups, D).to(dtype)
+    got = ops.paged_attention(q, k_cache, v_cache, tables, lens, starts, D**-0.5)
+    want = paged_attention.reference_attention(q, k_cache, v_cache, tables, lens, starts, D**-0.5)
+    tolerance = dict(atol=2e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_paged_attention_op_refuses_more_queries_than_context():
+    ops = kernels()
+    cache = torch.zeros(8, 16, 3, 64)
+    tables, starts = torch.zeros(1, 2, dtype=torch.long), torch.tensor([0, 5])
+    with pytest.raises(RuntimeError, match="5 queries for context length 4"):
+        ops.paged_attention(torch.zeros(5, 9, 64), cache, cache, tables, torch.tensor([4]), starts, 0.125)
+
+
+def _hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_norms_round_like_torch(dtype):
+    """bf16: bit for bit; fp32: only the mean's summation order differs (a few ulps)."""
+    ops = kernels()
+    torch.manual_seed(7)
+    x, residual = torch.randn(37, 576).to(dtype), torch.randn(37, 576).to(dtype)
+    weight = (torch.rand(576) + 0.5).to(dtype)
+    exact = dict(atol=0.0, rtol=0.0) if dtype == torch.bfloat16 else dict(atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-5), _hf_rms_norm(x, weight, 1e-5), **exact)
+    stream = residual.clone()
+    normed = ops.add_rms_norm(x, stream, weight, 1e-5)
+    assert torch.equal(stream, x + residual)  # the residual add rounds as torch's add does
+    torch.testing.assert_close(normed, _hf_rms_norm(x + residual, weight, 1e-5), **exact)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_silu_mul_and_rope_kv_write_round_like_torch(dtype):
+    ops = kernels()
+    torch.manual_seed(8)
+    gate_up = 3 * torch.randn(19, 2 * 1536).to(dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    exact = dict(atol=0.0, rtol=0.0) if dtype == torch.bfloat16 else dict(atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ops.silu_mul(gate_up), F.silu(gate) * up, **exact)
+    T, H, KVH, D = 23, 9, 3, 64
+    qkv = torch.randn(T, (H + 2 * KVH) * D).to(dtype)
+    cos, sin = (t.to(dtype)[torch.randint(0, 512, (T,))] for t in model_mod.rope_table(D, 1e5, 512))
+    slots = torch.randperm(NUM_BLOCKS * BLOCK_SIZE)[:T]
+    k_cache, v_cache = (torch.zeros(NUM_BLOCKS, BLOCK_SIZE, KVH, D, dtype=dtype) for _ in range(2))
+    q = ops.rope_kv_write(qkv, cos, sin, slots, k_cache, v_cache, H)
+    qk = model_mod.apply_rope(qkv[:, : (H + KVH) * D].view(T, H + KVH, D), cos[:, None], sin[:, None])
+    assert torch.equal(q, qk[:, :H])  # every product and sum rounded where torch rounds it
+    assert torch.equal(k_cache.view(-1, KVH, D)[slots], qk[:, H:])
+    assert torch.equal(v_cache.view(-1, KVH, D)[slots], qkv[:, (H + KVH) * D :].view(T, KVH, D))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_model_with_cpu_kernels_matches_the_torch_path(dtype):
+    """Whole toy model, decodes and chunks packed together: the fused layer loop (residual
+    stream beside the hidden state, adds inside the norms) gives the torch path's logits."""
+    ops = kernels()
+    torch.manual_seed(9)
+    cfg = dataclasses.replace(CFG, head_dim=64, vocab_size=128)
+    with torch.no_grad():
+        model = model_mod.LlamaModel(cfg).to(dtype).eval()
+        for norm in (m for m in model.modules() if isinstance(m, model_mod.RMSNorm)):
+            norm.weight.uniform_(0.5, 1.5)
+    model.init_rope(512)
+    plan = [(1, 3), (1, 57), (1, 130), (9, 9), (21, 40)]
+    tables = _sequences(random.Random(3), [ctx for _, ctx in plan])
+    T = sum(q for q, _ in plan)
+    input_ids = torch.randint(0, cfg.vocab_size, (T,))
+    positions = torch.cat([torch.arange(ctx - q, ctx) for q, ctx in plan])
+    pool = torch.randn(cfg.num_layers, 2, NUM_BLOCKS, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim).to(dtype)
+    logits = {}
+    for paged in (False, True):
+        if paged:
+            model.use_cpu_kernels(ops)
+        caches = pool.clone()
+        meta = AttentionMetadata.build(
+            [q for q, _ in plan], [c for _, c in plan], tables, BLOCK_SIZE, [0, 1, 2, 12, T - 1], "cpu", paged=paged
+        )
+        logits[paged] = model(input_ids, positions, [(layer[0], layer[1]) for layer in caches], meta).float()
+    tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=0.05)
+    torch.testing.assert_close(logits[True], logits[False], **tolerance)
 
 
 def test_prefix_merge_equals_one_masked_sdpa():

@@ -1,14 +1,24 @@
-"""Decode attention read in place from the paged KV cache: a small C++ op (csrc/), built once.
+"""The engine's CPU kernels (csrc/): paged attention read in place from the KV cache, and fused small ops.
 
-Why: the torch decode path gathers every sequence's keys and values out of the pool into
-a padded copy and runs SDPA over the copy, so each key crosses memory three times. At
+Why: the torch path gathers every sequence's keys and values out of the pool into a
+padded copy and runs SDPA over the copy, so each key crosses memory three times; at
 concurrency 32 on a 2-core CPU decode is bound by memory bandwidth, and that gather was
-the largest single cost of a step (41% in a profile of the c=32 benchmark). The op reads
-each key and value once, through the block tables.
+the largest single cost of a step (41% in a profile of the c=32 benchmark). torch's CPU
+flash attention, for prefill chunks, ran at ~25 GFLOP/s in fp32 and bf16 alike. And a
+decode step at batch 1 is ~1,000 small torch ops (RMSNorm alone is eight), whose dispatch
+costs as much as the matmuls. The extension has:
 
-It is compiled with torch's extension builder for this machine's CPU (`-march=native`),
-into artifacts/torch_extensions/<CPU fingerprint>/, by `make setup` or on first use. Where
-it cannot be built or loaded (no compiler, another platform), or TRITONRAG_PAGED_DECODE=0,
+    paged_attention     decodes and prefill chunks of a packed batch, causal, keys and
+                        values read once through the block tables (fp32 accumulation)
+    rms_norm, add_rms_norm, rope_kv_write, silu_mul
+                        the decoder's elementwise steps, one pass each, rounding where
+                        torch's op sequences round (tritonrag.engine.runners.llama)
+
+They are torch ops (torch.ops.tritonrag.*: torch.profiler names them), compiled with
+torch's extension builder for this machine's CPU (`-march=native`; AVX-512 and its bf16
+loads where the CPU has them, plain C++ elsewhere) into
+artifacts/torch_extensions/<CPU fingerprint>/, by `make setup` or on first use. Where it
+cannot be built or loaded (no compiler, another platform), or TRITONRAG_PAGED_DECODE=0,
 the model keeps the torch path and the reason is logged once.
 
     python -m tritonrag.engine.runners.paged_attention     # build (or find) it and check it against torch
@@ -23,8 +33,8 @@ import os
 import platform
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
@@ -32,10 +42,23 @@ from tritonrag.paths import artifacts_dir
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "paged_decode_attention.cpp"
-EXTENSION_NAME = "tritonrag_paged_decode"
-HEAD_DIMS = (64, 128)  # the head dims the op is compiled for
+CSRC = Path(__file__).with_name("csrc")
+EXTENSION_NAME = "tritonrag_cpu_kernels"
+HEAD_DIMS = (64, 128)  # the head dims paged_attention is compiled for
+GROUPS = (1, 2, 3, 4, 8)  # and the query heads per KV head
 DecodeKernel = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """The extension's ops (torch.ops.tritonrag.*); see csrc/ for what each computes."""
+
+    # (q, k_cache, v_cache, block_tables, context_lens, query_starts, scale)
+    paged_attention: Callable[..., torch.Tensor]
+    rms_norm: Callable[..., torch.Tensor]  # (x, weight, eps)
+    add_rms_norm: Callable[..., torch.Tensor]  # (x, residual (updated in place), weight, eps)
+    rope_kv_write: Callable[..., torch.Tensor]  # (qkv, cos, sin, slot_mapping, k_cache, v_cache, num_heads) -> q
+    silu_mul: Callable[..., torch.Tensor]  # (gate_up) -> silu(gate) * up
 
 
 def cpu_fingerprint() -> str:
@@ -62,20 +85,27 @@ def disabled_reason() -> str | None:
 
 
 @functools.cache
-def load_decode_kernel() -> DecodeKernel | None:
-    """`paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)`, or None (logged)."""
+def load_kernels() -> CpuKernels | None:
+    """The extension's ops, built or found for this CPU; None where unavailable (logged once)."""
     reason = disabled_reason()
     if reason is None:
         try:
-            kernel: DecodeKernel = _build().paged_decode_attention
-            return kernel
+            _build()
+            ops = torch.ops.tritonrag
+            return CpuKernels(ops.paged_attention, ops.rms_norm, ops.add_rms_norm, ops.rope_kv_write, ops.silu_mul)
         except Exception as exc:  # a missing compiler or a failed build must not stop the engine
-            reason = f"could not build {SOURCE.name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
-    log.warning("paged decode attention op unavailable (%s): decode gathers keys and values with torch", reason)
+            reason = f"could not build {CSRC.name}/: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+    log.warning("CPU kernels unavailable (%s): attention and the small ops run as plain torch", reason)
     return None
 
 
-def _build() -> ModuleType:
+def load_decode_kernel() -> DecodeKernel | None:
+    """`paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)`, or None (logged):
+    paged_attention with one query per sequence."""
+    return torch.ops.tritonrag.paged_decode_attention if load_kernels() is not None else None
+
+
+def _build() -> None:
     from torch.utils.cpp_extension import load
 
     # torch finds ninja on PATH; the pip `ninja` package puts it beside this interpreter,
@@ -85,19 +115,47 @@ def _build() -> ModuleType:
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    module: ModuleType = load(
+    load(
         EXTENSION_NAME,
-        [str(SOURCE)],
+        [str(path) for path in sorted(CSRC.glob("*.cpp"))],
         build_directory=str(directory),
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        # -ffp-contract=off: a * b + c rounds twice, as torch's separate ops do (see csrc/cpu_vec.h)
+        extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"],
         extra_ldflags=["-fopenmp"],
+        is_python_module=False,  # loads it: the ops register with torch (torch.ops.tritonrag)
         verbose=False,
     )
-    return module
 
 
-def kernel_supports(head_dim: int, device: torch.device | str) -> bool:
-    return torch.device(device).type == "cpu" and head_dim in HEAD_DIMS
+def kernel_supports(head_dim: int, device: torch.device | str, groups: int = 3) -> bool:
+    """paged_attention is compiled for this head dim and query heads per KV head, on the CPU."""
+    return torch.device(device).type == "cpu" and head_dim in HEAD_DIMS and groups in GROUPS
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_starts: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """paged_attention in plain torch, one sequence at a time, fp32 (for checks, not for speed)."""
+    D, block_size, KVH = q.shape[2], k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty_like(q)
+    for s in range(len(context_lens)):
+        first, end, length = int(query_starts[s]), int(query_starts[s + 1]), int(context_lens[s])
+        blocks = block_tables[s, : -(-length // block_size)]
+        k = k_cache[blocks].reshape(-1, KVH, D)[:length].transpose(0, 1).float()  # [KVH, len, D]
+        v = v_cache[blocks].reshape(-1, KVH, D)[:length].transpose(0, 1).float()
+        positions = torch.arange(length - (end - first), length)
+        mask = torch.arange(length)[None, :] <= positions[:, None]  # causal
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[first:end].transpose(0, 1).float(), k, v, attn_mask=mask, scale=scale, enable_gqa=True
+        )
+        out[first:end] = o.transpose(0, 1).to(q.dtype)
+    return out
 
 
 def reference_decode(
@@ -108,20 +166,9 @@ def reference_decode(
     context_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """The same attention in plain torch, one sequence at a time (for checks, not for speed)."""
-    n, H, D = q.shape
-    block_size, KVH = k_cache.shape[1], k_cache.shape[2]
-    out = torch.empty_like(q)
-    for i in range(n):
-        length = int(context_lens[i])
-        blocks = block_tables[i, : -(-length // block_size)]
-        k = k_cache[blocks].reshape(-1, KVH, D)[:length].transpose(0, 1)  # [KVH, len, D]
-        v = v_cache[blocks].reshape(-1, KVH, D)[:length].transpose(0, 1)
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q[i][:, None].float(), k.float(), v.float(), scale=scale, enable_gqa=True
-        )
-        out[i] = o[:, 0].to(q.dtype)
-    return out
+    """reference_attention with one query per sequence, at its last position."""
+    starts = torch.arange(q.shape[0] + 1)
+    return reference_attention(q, k_cache, v_cache, block_tables, context_lens, starts, scale)
 
 
 def main() -> int:
@@ -129,23 +176,20 @@ def main() -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.monotonic()
-    kernel = load_decode_kernel()
-    if kernel is None:
-        print("paged decode attention op: not available (see the warning above); the engine uses torch")
+    kernels = load_kernels()
+    if kernels is None:
+        print("CPU kernels: not available (see the warning above); the engine uses torch")
         return 0
     generator = torch.Generator().manual_seed(0)
     k_cache, v_cache = (torch.randn(64, 16, 3, 64, generator=generator) for _ in range(2))
-    q = torch.randn(4, 9, 64, generator=generator)
     tables = torch.randperm(64, generator=generator)[:40].view(4, 10)
-    lens = torch.tensor([1, 17, 100, 160])
-    error = (
-        (kernel(q, k_cache, v_cache, tables, lens, 0.125) - reference_decode(q, k_cache, v_cache, tables, lens, 0.125))
-        .abs()
-        .max()
-    )
+    lens, starts = torch.tensor([1, 17, 100, 160]), torch.tensor([0, 1, 2, 40, 61])  # 2 decodes, 2 prefill chunks
+    q = torch.randn(61, 9, 64, generator=generator)
+    got = kernels.paged_attention(q, k_cache, v_cache, tables, lens, starts, 0.125)
+    error = (got - reference_attention(q, k_cache, v_cache, tables, lens, starts, 0.125)).abs().max()
     print(
-        f"paged decode attention op: ready in {time.monotonic() - start:.1f} s ({build_directory()}); "
-        f"max |error| against torch {error:.1e}"
+        f"CPU kernels: ready in {time.monotonic() - start:.1f} s ({build_directory()}); "
+        f"paged attention's max |error| against torch {error:.1e}"
     )
     return 0 if error < 1e-4 else 1
 

@@ -29,16 +29,20 @@ class ModelRunner(PagedRunner):
         self.log_ready()
 
     def _use_paged_decode(self) -> bool:
-        """Decode attention in place from the pool where the op builds for this CPU (logged either way)."""
-        if not paged_attention.kernel_supports(self.model_config.head_dim, self.device):
+        """Attention (decodes and prefill chunks) read in place from the pool, and the fused small ops,
+        through the CPU kernels where they build for this CPU and model (logged either way)."""
+        cfg = self.model_config
+        if not (
+            paged_attention.kernel_supports(cfg.head_dim, self.device, cfg.num_heads // cfg.num_kv_heads)
+            and cfg.hidden_size % 16 == 0
+            and cfg.intermediate_size % 16 == 0
+        ):
             return False
-        op = paged_attention.load_decode_kernel()
-        if op is not None:
-            self.model.use_decode_op(op)
-            log.info(
-                "model runner: decode attention reads the paged KV cache in place (%s)", paged_attention.EXTENSION_NAME
-            )
-        return op is not None
+        kernels = paged_attention.load_kernels()
+        if kernels is not None:
+            self.model.use_cpu_kernels(kernels)
+            log.info("model runner: attention reads the paged KV cache in place (%s)", paged_attention.EXTENSION_NAME)
+        return kernels is not None
 
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
         """Logits [number of sampling chunks, vocab] in float32, in chunk order."""
@@ -53,7 +57,7 @@ class ModelRunner(PagedRunner):
             block_size=self.block_size,
             logits_indices=logits_rows,
             device=self.device,
-            paged_decode=self.paged_decode,
+            paged=self.paged_decode,
         )
         logits: torch.Tensor = self.model(input_ids.to(self.device), positions.to(self.device), self.kv_caches, meta)
         return logits.float()

@@ -1,0 +1,6 @@
+// paged_attention's kernels for bf16 tensors (one translation unit per dtype: built in parallel).
+#include "paged_attention_kernels.h"
+
+namespace tritonrag::attention {
+TRITONRAG_PAGED_ATTENTION_INSTANCE(bf16);
+}  // namespace tritonrag::attention
