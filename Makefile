@@ -21,7 +21,7 @@ Q ?= How do I handle an exception in Python?
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: corpus-core corpus-full index-bench help setup kernels serve demo ask test test-fast eval bench bench-vllm bench-serve onnx engines gpu-check browser clean perf perf-tools soak
+.PHONY: corpus-core corpus-full index-bench help setup kernels serve demo ask test test-fast eval bench bench-vllm bench-serve profile onnx engines gpu-check browser clean perf perf-tools soak
 
 help:
 	@echo "make serve     set up (venv, weights, index) and run tritonserver with the RAG pipeline,"
@@ -34,6 +34,8 @@ help:
 	@echo "make corpus-core  index only the most-used stdlib modules (corpus-full: every public module, the default)"
 	@echo "make bench     engine benchmark against Hugging Face generate()"
 	@echo "make bench-vllm  the same with vLLM's CPU build as a peer (opt-in: a separate, large .venv-vllm)"
+	@echo "make profile   where an engine step's time goes, per operator: decode at batch 1, 8, 32 and a chunked"
+	@echo "               prefill, bf16 and fp32 (artifacts/bench/profile.md); PROFILE_ARGS=\"--baseline HEAD~1\" adds an A/B"
 	@echo "make bench-serve our tritonserver + OpenAI service against vLLM's OpenAI server, aiperf driving both, same"
 	@echo "               prompts, c=1,8,32, fp32 and bf16 (opt-in: .venv-vllm; artifacts/bench/serve/; SERVE_BENCH_ARGS=...)"
 	@echo "make soak      mixed hostile traffic, bursts, a canary flip and a generator stub kill against its own"
@@ -60,7 +62,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) $(WEIGHTS) $(INDEX) $(ONNX) $(GEN_ONNX) kernels
 
-# The engine's paged decode attention op, compiled for this CPU (~40 s once; seconds when up to date).
+# The engine's CPU kernels (paged attention, fused RMSNorm / RoPE / SiLU ops), compiled for this CPU
+# (~1.5 min once on 2 quiet cores, several on a busy machine; seconds when up to date).
 kernels: | $(STAMP)
 	$(PY) -m tritonrag.engine.runners.paged_attention
 
@@ -120,6 +123,12 @@ eval: setup
 
 bench: setup
 	$(PY) -m tritonrag_bench
+
+# Engine step profile (tritonrag_bench.profile): each variant and dtype an engine in its own process, run in
+# lockstep; --baseline REV compares against a git revision's src/ (its own kernels built once).
+PROFILE_ARGS ?=
+profile: setup
+	$(PY) -m tritonrag_bench.profile --dtype bfloat16,float32 $(PROFILE_ARGS)
 
 # aiperf (load generator for OpenAI-compatible APIs; tests/openai/test_aiperf.py) in its own virtualenv:
 # its pinned dependencies (rich, pandas, huggingface_hub, ...) would change ours.
