@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from repositories import llm_repository
 from tritonclient.utils import InferenceServerException
 
-from tritonrag.defaults import GENERATOR_MODEL, LLM_MODEL
+from tritonrag.defaults import LLM_MODEL
 from tritonrag.openai.bridge import TritonBridge
 from tritonrag.openai.errors import OpenAIError
 from tritonrag.openai.triton_map import Ask
-from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_dir
+from tritonrag.paths import artifacts_dir, generator_weights_dir
 from tritonrag.triton.inference_key import INFERENCE_HEADER, INFERENCE_KEY_ENV, http_headers
 from tritonrag.triton.server import TritonServer, new_key
 from tritonrag_bench.soak.calls import Limits, grpc_stream, http_generate, http_stream
@@ -38,18 +36,6 @@ from tritonrag_clients.streaming import StreamingClient, collect, generator_inpu
 KEY = new_key()
 PROMPT = "The capital of France is"
 SAMPLING = {"max_tokens": 4, "temperature": 0}
-
-
-def llm_repository(root: Path) -> Path:
-    """`llm` and the real generator config serving version 1 only (a short start)."""
-    repo = root / "model_repository"
-    shutil.copytree(MODEL_REPOSITORY / LLM_MODEL, repo / LLM_MODEL, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / GENERATOR_MODEL / "1").mkdir(parents=True)
-    config = (MODEL_REPOSITORY / GENERATOR_MODEL / "config.pbtxt").read_text()
-    config, found = re.subn(r"versions: \[[^\]]*\]", "versions: [ 1 ]", config)
-    assert found == 1, "the generator's version_policy lists its versions"
-    (repo / GENERATOR_MODEL / "config.pbtxt").write_text(config)
-    return repo
 
 
 @pytest.fixture(scope="module")

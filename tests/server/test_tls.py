@@ -11,8 +11,6 @@ CA, gets an answer, and plain HTTP to its port gets none.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -23,26 +21,15 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
+from repositories import llm_repository
 from tritonclient.utils import InferenceServerException
 
-from tritonrag.defaults import GENERATOR_MODEL, LLM_MODEL
-from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_dir
+from tritonrag.defaults import LLM_MODEL
+from tritonrag.paths import artifacts_dir, generator_weights_dir
 from tritonrag.triton.server import GrpcTls, TritonServer, free_port
 from tritonrag_clients.streaming import StreamingClient
 
 trustme = pytest.importorskip("trustme", reason="trustme (a test dependency) makes the throwaway certificates")
-
-
-def tls_repository(root: Path) -> Path:
-    """`llm` and the real generator config serving version 1 only."""
-    repo = root / "model_repository"
-    shutil.copytree(MODEL_REPOSITORY / LLM_MODEL, repo / LLM_MODEL, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / GENERATOR_MODEL / "1").mkdir(parents=True)
-    config = (MODEL_REPOSITORY / GENERATOR_MODEL / "config.pbtxt").read_text()
-    config, found = re.subn(r"versions: \[[^\]]*\]", "versions: [ 1 ]", config)
-    assert found == 1, "the generator's version_policy lists its versions"
-    (repo / GENERATOR_MODEL / "config.pbtxt").write_text(config)
-    return repo
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +49,7 @@ def pki(tmp_path_factory) -> dict[str, Path]:
 def tls_server(tmp_path_factory, pki):
     if not (generator_weights_dir() / "model.safetensors").exists():
         pytest.skip("generator weights missing: run `make setup` first")
-    repo = tls_repository(tmp_path_factory.mktemp("tls"))
+    repo = llm_repository(tmp_path_factory.mktemp("tls"))
     tls = GrpcTls(pki["cert"], pki["key"], pki["ca"])
     log = artifacts_dir() / "logs" / "tls-server.log"
     with TritonServer.on_free_ports(model_repository=repo, log_path=log, tls=tls) as server:
