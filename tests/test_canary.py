@@ -6,11 +6,12 @@ import random
 
 import pytest
 
-from tritonrag.errors import InvalidInput
+from tritonrag.errors import InvalidInput, Unavailable
 from tritonrag.triton.canary import (
     Route,
     RoutingConfig,
     WeightsFile,
+    avoid_dead,
     check_pin,
     choose,
     parse_pin,
@@ -164,6 +165,21 @@ def test_pin_to_unavailable_version_names_what_is_served():
 
 
 # ---- the weights file ----
+
+
+def test_a_dead_version_is_routed_around_and_a_pin_to_it_refused():
+    # The split drew the canary (2), whose stub has exited: the stable version takes the request, same mode.
+    assert avoid_dead(Route(2, "sticky"), CANARY_10, {2}) == Route(1, "sticky")
+    assert avoid_dead(Route(1, "random", shadow=2), CANARY_10, {1}) == Route(2, "random")
+    assert avoid_dead(Route(1, "random", shadow=2), CANARY_10, {2}) == Route(1, "random"), "mirror dropped"
+    assert avoid_dead(Route(1, "random", shadow=2), CANARY_10, set()) == Route(1, "random", shadow=2)
+    with pytest.raises(Unavailable, match="generator version 2 is not healthy: its stub process exited; unpin"):
+        avoid_dead(Route(2, "pinned"), CANARY_10, {2})
+    assert avoid_dead(Route(1, "pinned"), CANARY_10, {2}) == Route(1, "pinned")
+    with pytest.raises(Unavailable, match="no other routed version is healthy"):
+        avoid_dead(Route(1, "random"), CANARY_10, {1, 2})
+    with pytest.raises(Unavailable, match="no other routed version"):
+        avoid_dead(Route(1, "random"), RoutingConfig(stable_version=1), {1})
 
 
 def test_weights_file_default_then_file_then_change(tmp_path):

@@ -148,6 +148,17 @@ ROUTER_WEIGHT = Family(
     "tritonrag_router_weight", GAUGE, "Share of routed traffic by version and role (stable, canary, shadow)"
 )
 ROUTING_MODES = ("pinned", "sticky", "random", "shadow")
+# A decoupled model's dead Python stub is not restarted by Triton 2.51 (tritonrag.triton.stubs): the router routes around it.
+ROUTER_VERSION_UP = Family(
+    "tritonrag_router_version_up",
+    GAUGE,
+    "1 while a routed version's Python stub runs under this server, 0 once it exited (Triton 2.51 does not restart it)",
+)
+ROUTER_REROUTED = Family(
+    "tritonrag_router_rerouted_total",
+    COUNTER,
+    "Requests that drew a version whose stub had exited and went to another routed version, by the dead version",
+)
 # Shadow agreement: the router compares each greedy mirror's output with its primary's (tritonrag.triton.shadow).
 ROUTER_SHADOW_COMPARED = Family(
     "tritonrag_router_shadow_compared_total", COUNTER, "Greedy mirrored requests compared with their primary's output"

@@ -1,8 +1,8 @@
 """The soak's chaos actions: a canary split change through the canary CLI, finding and killing a
 generator version's Python stub, and a burst of streams beyond the router's `max_streams`.
 
-The stub is found in /proc: a `triton_python_backend_stub` child of our tritonserver whose first
-argument is `<repository>/generator/<version>/model.py`. Only a child of the server the soak talks
+The stub is found in /proc (tritonrag.triton.stubs): a `triton_python_backend_stub` child of our
+tritonserver whose first argument is `<repository>/generator/<version>/model.py`. Only a child of the server the soak talks
 to is ever killed (found by its gRPC port when the soak attaches with --url).
 """
 
@@ -15,30 +15,14 @@ import signal
 from pathlib import Path
 
 from tritonrag.defaults import GENERATOR_MODEL
+from tritonrag.triton.stubs import cmdline, stub_pids
 from tritonrag_clients import canary
-
-STUB_BINARY = "triton_python_backend_stub"
-
-
-def _cmdline(pid: str) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-
-
-def _parent(pid: str) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def server_pid(grpc_port: int) -> int | None:
     """The tritonserver process serving gRPC on this port on this machine, if there is one."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        args = _cmdline(pid)
+        args = cmdline(pid)
         if args and args[0].endswith("tritonserver") and f"--grpc-port={grpc_port}" in args:
             return int(pid)
     return None
@@ -46,12 +30,7 @@ def server_pid(grpc_port: int) -> int | None:
 
 def stub_pid(server: int, version: int, model: str = GENERATOR_MODEL) -> int | None:
     """The Python stub running `model` version `version` under tritonserver `server`."""
-    suffix = f"/{model}/{version}/model.py"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        args = _cmdline(pid)
-        if len(args) > 1 and args[0].endswith(STUB_BINARY) and args[1].endswith(suffix) and _parent(pid) == server:
-            return int(pid)
-    return None
+    return next(iter(stub_pids(server, model, version)), None)
 
 
 def kill_stub(server: int, version: int) -> str:

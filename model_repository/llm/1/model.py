@@ -22,7 +22,10 @@ frees its KV blocks). A thread polls the open streams, so a cancel is seen while
 waits in the generator's queue. The caller's Triton timeout (gRPC `timeout`, or HTTP generate's
 `timeout` parameter) goes on with the generator request, whose engine fails it past that deadline
 (UNAVAILABLE, "deadline exceeded"); mirrors get the generator's default. Streams in flight are
-bounded (`max_streams`): one more is refused UNAVAILABLE at once. Every stream's sender is a
+bounded (`max_streams`): one more is refused UNAVAILABLE at once. A generator version whose stub
+process has exited (Triton 2.51 does not restart a decoupled model's stub) is seen in /proc
+(tritonrag.triton.stubs): new requests go to the other routed version, a pin to it is refused
+UNAVAILABLE, and its silent streams end UNAVAILABLE within seconds instead of at their bound. Every stream's sender is a
 triton_io.StreamSender: one FINAL, nothing after it, and the request is never touched once FINAL
 is sent.
 """
@@ -42,13 +45,22 @@ from tritonrag.errors import Unavailable
 from tritonrag.sampling import SamplingParams
 from tritonrag.triton import inference_key
 from tritonrag.triton import io as triton_io
-from tritonrag.triton.canary import RoutingConfig, WeightsFile, canary_file_path, check_pin, choose, parse_pin
+from tritonrag.triton.canary import (
+    RoutingConfig,
+    WeightsFile,
+    avoid_dead,
+    canary_file_path,
+    check_pin,
+    choose,
+    parse_pin,
+)
 from tritonrag.triton.loopback import ClientPool, LoopbackStream, grpc_url
 from tritonrag.triton.prom import scrape
 from tritonrag.triton.rollout import RolloutState
 from tritonrag.triton.rollout_driver import RolloutDriver, drive_until, driver_id, metrics_url
 from tritonrag.triton.router_metrics import RouterMetrics
 from tritonrag.triton.shadow import ShadowPair, is_greedy
+from tritonrag.triton.stubs import StubWatch
 from tritonrag.triton.vllm_interface import SOURCES_INPUT, read_request
 
 BOUND_GRACE_S = 30.0  # past the generator's own deadline, before the router gives up on its stream
@@ -86,6 +98,7 @@ class TritonPythonModel:
         self.shadows = ThreadPoolExecutor(shadow_slots, thread_name_prefix="shadow")
         self.shadow_slots = threading.BoundedSemaphore(shadow_slots)
         self.metrics = RouterMetrics(self.target)
+        self.stubs = StubWatch(self.target)  # generator versions whose stub has exited
         self.metrics.show_split(self.weights.current())
         self.stopped = threading.Event()
         self.watcher = threading.Thread(target=self._watch_weights, name="weights", daemon=True)
@@ -112,12 +125,13 @@ class TritonPythonModel:
             sender = triton_io.StreamSender(request)
             try:
                 inputs, timeout_us = _generator_inputs(request)
-                route = choose(
-                    self.weights.current(),
-                    triton_io.bytes_input(request, "routing_key", required=False),
-                    self._pin(request),
-                    self.rng,
+                config = self.weights.current()
+                drawn = choose(
+                    config, triton_io.bytes_input(request, "routing_key", required=False), self._pin(request), self.rng
                 )
+                route = avoid_dead(drawn, config, self.stubs.dead_versions(), self.target)
+                if route.version != drawn.version:
+                    self.metrics.count("rerouted", drawn.version, drawn.mode)
                 if not self.stream_slots.acquire(blocking=False):
                     raise Unavailable(f"{self.max_streams} streams in flight, the router's limit: retry later")
             except Exception as exc:  # noqa: BLE001 - that request's error; the server keeps serving
@@ -151,7 +165,17 @@ class TritonPythonModel:
 
     def _stream(self, inputs, request_id: str, version: int, timeout_us: int = 0) -> LoopbackStream:
         bound_s = min(self.bound_s, timeout_us / 1e6 + BOUND_GRACE_S) if timeout_us else self.bound_s
-        return LoopbackStream(self.clients, self.target, version, inputs, self.outputs, request_id, timeout_us, bound_s)
+        return LoopbackStream(
+            self.clients,
+            self.target,
+            version,
+            inputs,
+            self.outputs,
+            request_id,
+            timeout_us,
+            bound_s,
+            stub_dead=lambda: self.stubs.dead(version),
+        )
 
     def _forward(
         self, request, sender, inputs, request_id: str, version: int, mode: str, pair=None, timeout_us: int = 0
@@ -239,10 +263,11 @@ class TritonPythonModel:
 
     def _watch_weights(self) -> None:
         """Pick up a changed weights file even when idle: the gauges show the split and the rollout in force."""
-        shown, reported, decided = None, None, None
+        shown, reported, decided, dead = None, None, None, set()
         while not self.stopped.wait(1.0):
             config = self.weights.current()
             self.metrics.show_split(config)
+            dead = self._show_stubs(config, dead)
             decided = self._show_rollout(decided)
             if config != shown:
                 shown = config
@@ -251,6 +276,17 @@ class TritonPythonModel:
                 reported = self.weights.error
                 if reported:
                     pb_utils.Logger.log_error(f"llm: {reported}; keeping {config.describe()}")
+
+    def _show_stubs(self, config: RoutingConfig, known: set[int]) -> set[int]:
+        """Each routed version's stub up or not; log a version whose stub has just exited."""
+        dead = self.stubs.dead_versions()
+        self.metrics.show_up(config.versions(), dead)
+        for version in sorted(dead - known):
+            pb_utils.Logger.log_error(
+                f"llm: {self.target} version {version}'s stub process has exited; Triton 2.51 does not restart "
+                "a decoupled model's stub: requests go to the other routed version until the model is reloaded"
+            )
+        return dead
 
     def _show_rollout(self, decided):
         """The rollout's gauges; log a decision not seen before (every replica logs what it follows)."""

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tritonrag.errors import InvalidInput
+from tritonrag.errors import InvalidInput, Unavailable
 
 MODES = ("pinned", "sticky", "random", "shadow")
 SPLIT_KEYS = {"stable_version", "canary_version", "canary_weight", "shadow_weight"}
@@ -169,6 +169,23 @@ def choose(
         return Route(canary, mode)
     shadow = canary if canary is not None and config.shadow_weight > 0 and rng.random() < config.shadow_weight else None
     return Route(config.stable_version, mode, shadow)
+
+
+def avoid_dead(route: Route, config: RoutingConfig, dead: set[int], model: str = "generator") -> Route:
+    """`route`, unless its version's stub has died (tritonrag.triton.stubs): then the other routed
+    version takes the request (a sticky key moves while its version is down), a mirror to a dead
+    version is dropped, and a pin to one is refused UNAVAILABLE (the caller asked for that version)."""
+    if route.shadow in dead:
+        route = dataclasses.replace(route, shadow=None)
+    if route.version not in dead:
+        return route
+    reason = f"{model} version {route.version} is not healthy: its stub process exited"
+    if route.mode == "pinned":
+        raise Unavailable(f"{reason}; unpin the request or retry once the version is reloaded")
+    for version in config.versions():
+        if version not in dead:
+            return Route(version, route.mode)
+    raise Unavailable(f"{reason}, and no other routed version is healthy; retry once the server is restarted")
 
 
 def parse_pin(raw: bytes | str | None) -> int | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,7 @@ from tritonrag.errors import Unavailable, error_from_message
 
 GRPC_URL_ENV = "TRITONRAG_GRPC_URL"  # the server's own gRPC address, set by tritonrag.triton.server
 GRPC_ROOT_CERT_ENV = "TRITONRAG_GRPC_ROOT_CERT"  # set when that endpoint speaks TLS: what verifies its certificate
+QUIET_CHECK_S = 2.0  # a stream silent this long asks whether its model's stub still runs (see LoopbackStream)
 
 
 def grpc_url(parameter: str) -> str:
@@ -95,7 +96,9 @@ class LoopbackStream:
 
     `cancel()` may come from any thread: the stream's call is cancelled (Triton cancels the
     request), and the iteration ends. The iteration ends at the request's final response or its
-    first error; the client goes back to the pool either way.
+    first error; the client goes back to the pool either way. With `stub_dead` (asked whenever
+    the stream has been silent for QUIET_CHECK_S), a stream whose model's stub process has exited
+    ends at once with UNAVAILABLE: that stub will never answer (tritonrag.triton.stubs).
     """
 
     def __init__(
@@ -108,8 +111,11 @@ class LoopbackStream:
         request_id: str,
         timeout_us: int = 0,  # Triton's request timeout for the request; 0: none (the model's default)
         bound_s: float | None = None,  # the whole stream's gRPC deadline: past it the stream fails
+        stub_dead: Callable[[], bool] | None = None,  # whether the model version's stub has exited
     ) -> None:
         self._pool = pool
+        self._stub_dead = stub_dead
+        self._name = f"{model} version {version}"
         self._replies: queue.Queue[Reply] = queue.Queue()
         self._lock = threading.Lock()
         self._client: grpcclient.InferenceServerClient | None = pool.take()
@@ -153,7 +159,7 @@ class LoopbackStream:
     def __iter__(self) -> Iterator[Reply]:
         try:
             while True:
-                reply = self._replies.get()
+                reply = self._next()
                 if self.cancelled:
                     return
                 yield reply
@@ -161,6 +167,17 @@ class LoopbackStream:
                     return
         finally:
             self._close(cancel=True)
+
+    def _next(self) -> Reply:
+        """The next reply; an UNAVAILABLE one if the stream is silent and its stub has exited."""
+        if self._stub_dead is None:
+            return self._replies.get()
+        while True:
+            try:
+                return self._replies.get(timeout=QUIET_CHECK_S)
+            except queue.Empty:
+                if self._stub_dead():
+                    return Reply({}, Unavailable(f"{self._name} is not healthy: its stub process exited mid-request"))
 
     def cancel(self) -> None:
         """End the request now: Triton cancels it; the iteration ends."""

@@ -27,6 +27,8 @@ FAMILIES = {
     "aborted": metrics.ROUTER_ABORTED,
     "rejected": metrics.ROUTER_REJECTED,
     "weight": metrics.ROUTER_WEIGHT,
+    "rerouted": metrics.ROUTER_REROUTED,
+    "up": metrics.ROUTER_VERSION_UP,
     "compared": metrics.ROUTER_SHADOW_COMPARED,
     "exact": metrics.ROUTER_SHADOW_EXACT,
     "chars": metrics.ROUTER_SHADOW_CHARS,
@@ -83,6 +85,11 @@ class RouterMetrics:
                 self.metrics[key].set(0.0)
         for (role, version), share in shares.items():
             self._metric("weight", role=role, version=str(version)).set(share)
+
+    def show_up(self, versions: list[int], dead: set[int]) -> None:
+        """Whether each routed version's stub runs (1) or has exited (0)."""
+        for version in {*versions, *dead}:
+            self._metric("up", version=str(version)).set(0.0 if version in dead else 1.0)
 
     def show_rollout(self, state: RolloutState | None) -> None:
         """Step (-1 unless running), each guard of the last evaluation, and when each decision was taken."""
