@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from polling import wait_for
 from tritonrag.triton.stubs import STUB_BINARY, StubWatch, stub_pids
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
@@ -33,22 +33,13 @@ def fake_stub(tmp_path):
         script.write_text("sleep 120\ntrue\n")  # a second command: bash stays the process, not sleep
         process = subprocess.Popen([str(link), str(script)])
         started.append(process)
-        assert _eventually(lambda: process.pid in stub_pids(os.getpid(), model)), "the fake stub never showed up"
+        assert wait_for(lambda: process.pid in stub_pids(os.getpid(), model)), "the fake stub never showed up"
         return process
 
     yield start
     for process in started:
         process.kill()
         process.wait()
-
-
-def _eventually(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_stubs_are_found_by_model_version_and_parent(fake_stub):
@@ -68,7 +59,7 @@ def test_a_killed_stub_is_dead_even_before_it_is_reaped(fake_stub):
     assert watch.dead_versions() == set() and not watch.dead(2)
     two.kill()
     # Not waited for yet: a zombie (state Z) in /proc, as a stub tritonserver has not reaped.
-    assert _eventually(lambda: watch.dead(2))
+    assert wait_for(lambda: watch.dead(2))
     assert watch.dead_versions() == {2} and not watch.dead(1)
     two.wait()
     assert watch.dead(2), "gone from /proc altogether"

@@ -251,15 +251,6 @@ def metric(server, name: str, **labels: str) -> float:
     return total(scrape(server), name, **labels)
 
 
-def wait_for(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def versions_of(results: list[Result]) -> list[int]:
     return [r.version for r in results]
 

@@ -12,8 +12,9 @@ import os
 import signal
 
 import requests
-from canary_helpers import metric, router_inputs, set_split, wait_for
+from canary_helpers import metric, router_inputs, set_split
 
+from polling import wait_for
 from tritonrag.errors import Unavailable, error_from_message
 from tritonrag_bench.soak.chaos import stub_pid
 from tritonrag_clients.streaming import bytes_input, rag_inputs

@@ -34,9 +34,9 @@ from canary_helpers import (
     skip_without_artifacts,
     start_server,
     versions_of,
-    wait_for,
 )
 
+from polling import wait_for
 from tritonrag import metrics
 from tritonrag.triton.canary import RoutingConfig, write_config
 from tritonrag.triton.guards import PASS

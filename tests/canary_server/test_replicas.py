@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from canary_helpers import Streams, metric, router_inputs, running, skip_without_artifacts, start_server, wait_for
+from canary_helpers import Streams, metric, router_inputs, running, skip_without_artifacts, start_server
 
+from polling import wait_for
 from test_rollout import configmap_update
 from tritonrag.triton.canary import CANARY_FILE_ENV, RoutingConfig, choose
 

@@ -24,9 +24,9 @@ from canary_helpers import (
     scrape,
     set_split,
     versions_of,
-    wait_for,
 )
 
+from polling import wait_for
 from tritonrag import metrics
 from tritonrag.triton.canary import RoutingConfig, choose, read_config
 from tritonrag_clients import canary as canary_cli

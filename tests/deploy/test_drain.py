@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import requests
 
+from polling import wait_for
 from tritonrag.metrics import RUNNING, WAITING
 from tritonrag.triton import drain
 from tritonrag.triton.server import free_port
@@ -96,15 +97,6 @@ def ready(port: int):
             return session.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code
     except requests.RequestException as exc:
         return type(exc).__name__
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def infer_slow(grpc_port: int, seconds: float) -> np.ndarray:

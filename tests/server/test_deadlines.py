@@ -11,18 +11,19 @@ Why it matters: tritonserver 2.51's ensemble does not pass a `rag` client's canc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
 import re
 import shutil
 import signal
-import time
 
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
+from polling import wait_for
 from tritonrag import metrics
 from tritonrag.defaults import ENSEMBLE_MODEL, LLM_MODEL
 from tritonrag.errors import Unavailable, error_from_message
@@ -81,13 +82,7 @@ def _counts(server) -> tuple[float, float]:
     return total(samples, metrics.REQUEST_TIMEOUTS.name), aborts
 
 
-def _wait_for(condition, timeout: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
+_wait_for = functools.partial(wait_for, timeout=120.0)  # this module's longer default
 
 
 def _stream(server, model: str, inputs: list, timeout_us: int | None = None) -> str | None:

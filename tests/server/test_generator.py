@@ -2,11 +2,11 @@
 
 import re
 import threading
-import time
 
 import pytest
 import requests
 
+from polling import wait_for
 from tritonrag.defaults import LLM_MODEL
 from tritonrag.paths import generator_weights_dir
 from tritonrag_clients.streaming import StreamingClient, collect, generator_inputs
@@ -29,15 +29,6 @@ def metric(server, name: str, **labels) -> float:
             found = True
     assert found, f"metric {name} {labels} not on the endpoint"
     return total
-
-
-def wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.fixture(scope="module")

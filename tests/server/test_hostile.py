@@ -9,10 +9,10 @@ numbers of thousands of digits, one over int64, deeply nested JSON, over gRPC st
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,6 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from polling import wait_for
 from tritonrag import metrics
 from tritonrag.defaults import ENSEMBLE_MODEL, LLM_MODEL
 from tritonrag.triton.prom import parse_metrics, total
@@ -251,13 +252,7 @@ def _aborts(server) -> float:
     return total(samples, metrics.REQUEST_SUCCESS.name, finished_reason="abort")
 
 
-def _wait_for(condition, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
+_wait_for = functools.partial(wait_for, timeout=60.0)  # this module's longer default
 
 
 def test_cancelling_an_llm_stream_stops_its_generation(server):

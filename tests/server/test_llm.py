@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ import requests
 import tritonclient.grpc as grpcclient
 from transformers import AutoTokenizer
 
+from polling import wait_for
 from tritonrag import metrics
 from tritonrag.defaults import GENERATOR_MODEL, LLM_MODEL
 from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir, generator_weights_dir
@@ -68,15 +68,6 @@ def text_of(results) -> str:
 
 def scrape(server) -> dict:
     return parse_metrics(requests.get(server.metrics_url, timeout=10).text)
-
-
-def wait_for(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def generate(server, body: dict, stream: bool = False) -> requests.Response:
