@@ -5,7 +5,7 @@ refuses every new request ("Stub process ... is not healthy") and never answers 
 held. The `llm` router sees the stub gone from /proc (tritonrag.triton.stubs): the stream it was
 waiting on ends UNAVAILABLE at once (not at its 330 s bound), unpinned `llm` and `rag` requests
 go to the other version, a pin to the dead one is refused UNAVAILABLE, and the router's metrics
-say which version is down. Killing a stub ends this module's server for version 2, so it is one test.
+say which version is down, and so does the liveness probe's check (tritonrag.triton.health). Killing a stub ends this module's server for version 2, so it is one test.
 """
 
 import os
@@ -16,13 +16,17 @@ from canary_helpers import metric, router_inputs, set_split
 
 from polling import wait_for
 from tritonrag.errors import Unavailable, error_from_message
+from tritonrag.triton import health
 from tritonrag_bench.soak.chaos import stub_pid
 from tritonrag_clients.streaming import bytes_input, rag_inputs
 
 LONG = {"max_tokens": 4000, "temperature": 0, "ignore_eos": True}
 
 
-def test_a_killed_canary_stub_is_routed_around(server, streams, weights_file):
+def test_a_killed_canary_stub_is_routed_around(server, streams, weights_file, capsys):
+    probe = ["--http-url", server.http_url, "--metrics-url", server.metrics_url]
+    assert wait_for(lambda: metric(server, "tritonrag_router_version_up", version="2") == 1.0)
+    assert health.main(probe) == 0, capsys.readouterr().err
     set_split(weights_file, canary_weight=1.0)  # every unpinned request draws version 2
     held = streams.send(router_inputs("Tell me a very long story.", LONG, key="held"))
     assert wait_for(lambda: held.versions, timeout=300), "the long request never started streaming"
@@ -57,4 +61,8 @@ def test_a_killed_canary_stub_is_routed_around(server, streams, weights_file):
     assert metric(server, "tritonrag_router_rerouted_total", version="2") >= 5
     ready = requests.get(f"http://{server.http_url}/v2/models/generator/versions/2/ready", timeout=10)
     assert ready.status_code == 200, "Triton 2.51 reports a version with a dead stub READY; if not, simplify"
+    # ...so the pod's liveness probe (tritonrag.triton.health) says it, and the kubelet would restart it.
+    capsys.readouterr()
+    assert health.main(probe) == 1
+    assert "not live: generator version 2: its stub process has exited" in capsys.readouterr().err
     assert not streams.stray_errors

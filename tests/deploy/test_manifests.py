@@ -146,7 +146,10 @@ def test_probes_use_triton_health_endpoints_on_a_declared_port(rendered):
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    # Liveness: /v2/health/live and the stub and stall gauges, on the declared ports (tritonrag.triton.health).
+    command = c["livenessProbe"]["exec"]["command"]
+    assert command[:3] == ["python3", "-m", "tritonrag.triton.health"]
+    assert f"127.0.0.1:{ports['http']}" in command and f"http://127.0.0.1:{ports['metrics']}/metrics" in command
     startup = c["startupProbe"]
     # The startup budget covers the slowest measured warm-up (526 s on a loaded 2-core machine).
     assert startup["periodSeconds"] * startup["failureThreshold"] > 526
