@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +30,14 @@ from tritonrag_bench.vllm import bench_vllm
 from tritonrag_bench.workload import BenchSettings, corpus_token_ids, make_workload, workload_stats
 
 TARGETS = ("engine", "service", "triton", "hf", "runtimes", "precision", "vllm")
+
+
+def on_fresh_thread(fn, *args):
+    """fn(*args) on a thread that ends with it, taking its OpenMP team along: the next target
+    (the service's loop thread among them) then has the process's only team, as in a server
+    (tritonrag.engine.serving.GenerationService says why that matters on few cores)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-target") as pool:
+        return pool.submit(fn, *args).result()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,7 +124,7 @@ def run(settings: BenchSettings, vllm_python: str | None = None, prefix: bool = 
     result: dict = {
         "settings": asdict(settings),
         "machine": machine_info(settings.dtype),
-        "ceiling": measure_ceiling(settings.dtype, count_params(settings.model_dir), settings.quick),
+        "ceiling": on_fresh_thread(measure_ceiling, settings.dtype, count_params(settings.model_dir), settings.quick),
         "workload": {str(c): workload_stats(reqs) for c, reqs in workloads.items()},
         "results": {},
         "failures": {},
@@ -134,11 +143,13 @@ def run(settings: BenchSettings, vllm_python: str | None = None, prefix: bool = 
     contention = result["cpu_contention"]
     if "engine" in settings.targets:
         with CpuMeter() as meter:
-            result["results"]["engine"], result["kv_cache"] = bench_engine(settings, workloads, tokenizer, corpus)
+            result["results"]["engine"], result["kv_cache"] = on_fresh_thread(
+                bench_engine, settings, workloads, tokenizer, corpus
+            )
         contention["engine"] = meter.result
         if prefix:
             with CpuMeter() as meter:
-                result["prefix_cache"] = bench_prefix(settings, tokenizer, corpus)
+                result["prefix_cache"] = on_fresh_thread(bench_prefix, settings, tokenizer, corpus)
             contention["prefix_cache"] = meter.result
     if "service" in settings.targets:
         with CpuMeter() as meter:
@@ -154,15 +165,15 @@ def run(settings: BenchSettings, vllm_python: str | None = None, prefix: bool = 
             console.print(f"[red]triton target failed[/red]: {str(exc)[:500]} (log: {root / 'triton.log'})")
     if "hf" in settings.targets:
         with CpuMeter() as meter:
-            result["results"]["hf"] = bench_hf(settings, workloads, tokenizer)
+            result["results"]["hf"] = on_fresh_thread(bench_hf, settings, workloads, tokenizer)
         contention["hf"] = meter.result
     if "precision" in settings.targets:
         with CpuMeter() as meter:
-            result["precision"] = bench_precision(settings, workloads, tokenizer, corpus)
+            result["precision"] = on_fresh_thread(bench_precision, settings, workloads, tokenizer, corpus)
         contention["precision"] = meter.result
     if "runtimes" in settings.targets:
         with CpuMeter() as meter:
-            result["runtimes"] = bench_runtimes(settings, tokenizer, corpus)
+            result["runtimes"] = on_fresh_thread(bench_runtimes, settings, tokenizer, corpus)
         contention["runtimes"] = meter.result
     if "vllm" in settings.targets:
         with CpuMeter() as meter:

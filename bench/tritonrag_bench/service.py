@@ -43,9 +43,13 @@ class TimingSink:
 
 def bench_service(settings: BenchSettings, workloads: dict[int, list[BenchRequest]], tokenizer, corpus) -> dict:
     """GenerationService in-process (loop thread, detokenizer, sinks): the Triton path minus Triton."""
-    engine = build_engine(engine_config(settings))
-    warm_engine(engine, tokenizer, corpus)
-    service = GenerationService(engine, tokenizer)
+
+    def build_warm():  # on the service's loop thread, which runs all of the engine's torch work
+        engine = build_engine(engine_config(settings))
+        warm_engine(engine, tokenizer, corpus)
+        return engine
+
+    service = GenerationService(build_warm, tokenizer)
 
     def one(_client, r: BenchRequest) -> RequestRecord:
         record = RequestRecord(r.request_id, len(r.prompt_ids), r.max_tokens, time.monotonic())

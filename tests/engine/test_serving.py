@@ -713,3 +713,48 @@ def test_an_idle_loop_never_counts_as_stalled(serve):
     s = serve(stall_timeout_s=0.2)
     time.sleep(1.0)
     assert s.observer.stalls == [] and s.service.watch.stalled is None
+
+
+# ---- one thread owns the engine ---------------------------------------------------------------
+class ThreadRecordingRunner(GatedRunner):
+    """Records the thread that built it and every thread that ran a step."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.built_on = threading.get_ident()
+        self.stepped_on: set[int] = set()
+
+    def execute(self, out):
+        self.stepped_on.add(threading.get_ident())
+        return super().execute(out)
+
+
+def test_an_engine_builder_runs_on_the_loop_thread_with_every_step(kit, tokenizer):
+    """The process's torch work stays on one thread (GenerationService's docstring says why)."""
+    cfg = kit.make_config()
+    made = []
+
+    def build() -> LLMEngine:
+        runner = ThreadRecordingRunner(kit.FakeRunner(cfg.num_kv_blocks, cfg.block_size))
+        made.append(runner)
+        return LLMEngine(cfg, runner, kit.ArgmaxSampler())
+
+    service = GenerationService(build, tokenizer)
+    try:
+        assert service.engine.runner is made[0]
+        sinks = [service.generate(f"thread {i}", SamplingParams(max_tokens=4), timeout=WAIT_S) for i in range(3)]
+        assert all(sink.completion.num_output_tokens == 4 for sink in sinks)
+        runner = made[0]
+        assert runner.built_on == service._thread.ident != threading.get_ident()
+        assert runner.stepped_on == {service._thread.ident}
+    finally:
+        service.shutdown(WAIT_S)
+    kit.check_all_free(service.engine.scheduler)
+
+
+def test_an_engine_builder_that_fails_raises_from_the_constructor(tokenizer):
+    def build() -> LLMEngine:
+        raise RuntimeError("no weights here")
+
+    with pytest.raises(RuntimeError, match="no weights here"):
+        GenerationService(build, tokenizer)

@@ -95,4 +95,6 @@ def build_engine(config: EngineConfig, choice: RuntimeChoice | None = None) -> L
 def build_service(
     config: EngineConfig, observer: Observer | None = None, choice: RuntimeChoice | None = None
 ) -> GenerationService:
-    return GenerationService(build_engine(config, choice), load_tokenizer(config.model_dir), observer)
+    """The engine is built on the service's loop thread, which then runs all of its torch work."""
+    tokenizer = load_tokenizer(config.model_dir)
+    return GenerationService(lambda: build_engine(config, choice), tokenizer, observer)

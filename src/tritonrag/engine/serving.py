@@ -194,18 +194,26 @@ class _Submission:
 
 
 class GenerationService:
-    """Owns an LLMEngine and drives it from a background thread."""
+    """Owns an LLMEngine and drives it from a background thread.
+
+    `engine` is an engine, or a function that builds one: the loop thread then builds it before
+    its first step, so that every torch operator of the process runs on that one thread. Why it
+    matters: each thread that runs a parallel operator gets its own OpenMP team, and once a
+    process has more OpenMP threads than cores (weights loaded on the caller's thread, steps on
+    the loop's) libgomp stops spin-waiting and wakes the workers through the kernel at every
+    parallel region: a batch-1 bf16 decode step on 2 cores went from 18 to 28 ms
+    (docs/bench/2026-12-01-thread-ownership.md).
+    """
 
     IDLE_WAIT_S = 0.05
 
     def __init__(
         self,
-        engine: LLMEngine,
+        engine: LLMEngine | Callable[[], LLMEngine],
         tokenizer: Tokenizer,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,  # tests pass one they advance
     ):
-        self.engine = engine
         self._clock = clock
         self.tokenizer = tokenizer
         self.observer = observer or NullObserver()
@@ -216,13 +224,15 @@ class GenerationService:
         self._stopping = threading.Event()
         self._heartbeat = Heartbeat(clock)
         self._abandoned: set[str] = set()  # failed by the stall watch; the loop frees them when it moves
-        self._thread = threading.Thread(target=self._loop, name="tritonrag-engine", daemon=True)
+        built = _Built()
+        self._thread = threading.Thread(target=self._run, args=(engine, built), name="tritonrag-engine", daemon=True)
         self._thread.start()
+        self.engine: LLMEngine = built.wait()
         self.watch = StallWatch(
             self._heartbeat,
             lambda: self._inbox.qsize() + len(self._live),
             self._thread,
-            engine.config.stall_timeout_s,
+            self.engine.config.stall_timeout_s,
             self._on_stall,
             self._on_recover,
         )
@@ -313,6 +323,16 @@ class GenerationService:
     def _on_recover(self) -> None:
         log.warning("generator loop is making progress again; taking requests")
         self._observe("on_stall", False)
+
+    def _run(self, engine: LLMEngine | Callable[[], LLMEngine], built: _Built) -> None:
+        """The loop thread: build the engine if given a builder, hand it over, then loop."""
+        try:
+            self.engine = engine if isinstance(engine, LLMEngine) else engine()
+        except BaseException as exc:  # noqa: BLE001 - raised again in __init__, on the caller's thread
+            built.fail(exc)
+            return
+        built.done(self.engine)
+        self._loop()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -494,6 +514,30 @@ class GenerationService:
             getattr(self.observer, hook)(*args)
         except Exception:  # noqa: BLE001
             log.exception("observer %s failed", hook)
+
+
+class _Built:
+    """The loop thread's engine, or why it could not build one, handed to the constructor."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._engine: LLMEngine | None = None
+        self._error: BaseException | None = None
+
+    def done(self, engine: LLMEngine) -> None:
+        self._engine = engine
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+    def wait(self) -> LLMEngine:
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._engine is not None
+        return self._engine
 
 
 def _call(callback: Callable[..., object], *args: object) -> None:
