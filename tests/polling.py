@@ -17,3 +17,18 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: f
             return True
         time.sleep(interval)
     return False
+
+
+def settled(read: Callable[[], object], quiet_s: float = 0.8, timeout: float = 30.0) -> object:
+    """`read()` once it has stopped changing for `quiet_s` (e.g. the engine's counters, which reach
+    /metrics up to tritonrag.triton.metric_outbox.FLUSH_S after the request they count); the last
+    value if it never settles within `timeout`."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        again = read()
+        if again == value:
+            return value
+        value = again
+    return value

@@ -21,6 +21,7 @@ from tritonrag.errors import InvalidInput
 from tritonrag.paths import MODEL_REPOSITORY
 from tritonrag.triton import vllm_interface as llm
 from tritonrag.triton.engine_metrics import EngineMetrics
+from tritonrag.triton.metric_outbox import MetricOutbox
 
 
 def load(name: str) -> model_config_pb2.ModelConfig:
@@ -255,12 +256,14 @@ class Stats:
 
 def test_engine_metrics_feed_ours_and_vllms_names():
     Recorder.families = {}
-    observer = EngineMetrics({"model": "generator", "version": "1"}, Recorder)
+    observer = EngineMetrics({"model": "generator", "version": "1"}, Recorder, MetricOutbox(thread=False))
     assert set(Recorder.families) == {f.name for f in (*metrics.ENGINE_FAMILIES, *metrics.VLLM_FAMILIES)}
     engine = type("Engine", (), {"stats": lambda self: Stats()})()
     observer.on_first_token(0.2)
     observer.on_step(engine)
     observer.on_finish(1.5, Completion("length", 10, 0, 3))
+    assert all(not recorder.samples for recorder in Recorder.families.values())  # queued, not sent yet
+    observer.outbox.flush()
     labels = (("model", "generator"), ("version", "1"))
     got = {name: recorder.samples for name, recorder in Recorder.families.items()}
     assert got["vllm:time_to_first_token_seconds"][labels] == [0.2] == got[metrics.TTFT.name][labels]
@@ -273,7 +276,9 @@ def test_engine_metrics_feed_ours_and_vllms_names():
     assert got["vllm:request_generation_tokens"][labels] == [3]
     assert got["vllm:request_success_total"][(("finished_reason", "length"), *labels)] == [1]
     observer.on_timeout()  # a deadline: counted apart, never as a finish reason
+    observer.outbox.flush()
     assert got[metrics.REQUEST_TIMEOUTS.name][labels] == [1]
     assert set(got["vllm:request_success_total"]) == {(("finished_reason", "length"), *labels)}
     observer.on_step(engine)  # no growth: counters untouched
+    observer.outbox.flush()
     assert got["vllm:prompt_tokens_total"][labels] == [10]

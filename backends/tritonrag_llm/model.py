@@ -108,8 +108,8 @@ class TritonPythonModel:
         log = pb_utils.Logger.log_warn if choice.fell_back else pb_utils.Logger.log_info
         log(f"{name}: {choice.describe()}")
         labels = {"model": args["model_name"], "version": args["model_version"]}
-        observer = EngineMetrics(labels, triton_family(pb_utils))
-        self.service = build_service(config, observer=observer, choice=choice)
+        self.observer = EngineMetrics(labels, triton_family(pb_utils))
+        self.service = build_service(config, observer=self.observer, choice=choice)
         if self.service.engine.clamp_reason:  # the config asked for more than its KV pool holds
             pb_utils.Logger.log_warn(f"{name}: {self.service.engine.clamp_reason}")
         if warmup_enabled(params, version):
@@ -138,3 +138,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.service.shutdown()
+        self.observer.close()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from polling import settled
 from tritonrag.metrics import GENERATION_TOKENS, PROMPT_TOKENS
 from tritonrag.paths import generator_weights_dir
 from tritonrag_clients.streaming import StreamingClient, collect, generator_inputs
@@ -53,11 +54,12 @@ def test_completion_greedy_equals_the_triton_path(stack, client, llm_id):
 def test_usage_is_the_engines_token_count(stack, client, llm_id, tokenizer):
     """prompt/completion tokens equal what the engine counted (its Prometheus counters) and the tokenizer's count."""
     prompt = "Write a sentence about the sea."
-    before = stack.metric(PROMPT_TOKENS.name), stack.metric(GENERATION_TOKENS.name)
+    counts = lambda: (stack.metric(PROMPT_TOKENS.name), stack.metric(GENERATION_TOKENS.name))  # noqa: E731
+    before = settled(counts)
     reply = client.completions.create(
         model=llm_id, prompt=prompt, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
     )
-    after = stack.metric(PROMPT_TOKENS.name), stack.metric(GENERATION_TOKENS.name)
+    after = settled(counts)  # the engine's counters reach /metrics a moment after the reply
     usage = reply.usage
     assert usage.completion_tokens == 12 == after[1] - before[1]
     assert usage.prompt_tokens == after[0] - before[0] == len(tokenizer(prompt)["input_ids"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
+from polling import settled
 from tritonrag import metrics
 from tritonrag.defaults import ENSEMBLE_MODEL, GENERATOR_MODEL
 from tritonrag.engine.config import EngineConfig
@@ -134,7 +135,7 @@ def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(server, token
     # Running decodes are served first, one row each: the prompt gets what is left of every step's budget.
     chunks = math.ceil(num_tokens(tokenizer, prompt) / (budget - 4))
     decode = {"max_tokens": 48, "temperature": 0, "ignore_eos": True}
-    before = step_counts(server)
+    before = settled(lambda: step_counts(server))
     with StreamingClient(server.grpc_url) as client:
         streams = []
         for i in range(4):
@@ -150,7 +151,7 @@ def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(server, token
         for events in streams:  # the decodes ran on through the long prefill and end at max_tokens
             _, _, end = collect(events)
             assert end.finish_reason == "length"
-    steps, mixed, partial = (after - then for after, then in zip(step_counts(server), before))
+    steps, mixed, partial = (after - then for after, then in zip(settled(lambda: step_counts(server)), before))
     print(
         f"\nchunked prefill of {num_tokens(tokenizer, prompt)} tokens (budget {budget}) beside 4 decodes: "
         f"{steps:.0f} steps, {mixed:.0f} mixed (prefill chunk + decode rows), {partial:.0f} partial prefill chunks"
@@ -226,12 +227,12 @@ def test_small_kv_pool_preempts_and_resumes_without_a_failed_request(small_pool,
     # Every prompt fits at once, so all are admitted in the first steps; their growth then cannot fit.
     assert sum(need) > SMALL_POOL_BLOCKS, "the load must not fit the pool"
     unpressured = max(1, SMALL_POOL_BLOCKS // max(need))  # this many at once always fit: nothing to preempt
-    start = pool_counts(small_pool)
+    start = settled(lambda: pool_counts(small_pool))
     alone = run_greedy(small_pool, prompts, in_flight=unpressured)
-    mid = pool_counts(small_pool)
+    mid = settled(lambda: pool_counts(small_pool))
     assert mid["preemptions"] == start["preemptions"], "the unpressured run was meant to fit the pool"
     pressured = run_greedy(small_pool, prompts, in_flight=len(prompts))
-    end = pool_counts(small_pool)
+    end = settled(lambda: pool_counts(small_pool))
     preempted = end["preemptions"] - mid["preemptions"]
     print(
         f"\nsmall KV pool ({SMALL_POOL_BLOCKS} blocks of {block_size}): {len(prompts)} requests needing "

@@ -4,7 +4,8 @@ The serving loop calls the observer's hooks (tritonrag.engine.serving.Observer);
 updates our `tritonrag_*` family and its vLLM twin (`vllm:*`, the names vllm_backend exports),
 labelled by model and version. The families are made through `make_family`, which inside
 Triton is `pb_utils.MetricFamily` behind one lock (tritonrag.triton.custom_metrics.triton_family);
-tests pass a recorder.
+tests pass a recorder. Updates go through a MetricOutbox (tritonrag.triton.metric_outbox), so
+that the loop thread never waits on a round trip to the server.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tritonrag import metrics
 from tritonrag.engine.llm_engine import LLMEngine
 from tritonrag.engine.serving import Completion
 from tritonrag.metrics import Family
+from tritonrag.triton.metric_outbox import MetricOutbox
 
 MakeFamily = Callable[[Family], Any]  # a Family -> an object with .Metric(labels=..., buckets=...)
 
@@ -33,8 +35,9 @@ _COUNTERS = {
 class EngineMetrics:
     """An Observer for the serving loop: latencies, batch state, KV usage and token counters, twice named."""
 
-    def __init__(self, labels: dict[str, str], make_family: MakeFamily):
+    def __init__(self, labels: dict[str, str], make_family: MakeFamily, outbox: MetricOutbox | None = None):
         self.labels = labels
+        self.outbox = outbox or MetricOutbox()
         self._families = {
             family.name: make_family(family) for family in (*metrics.ENGINE_FAMILIES, *metrics.VLLM_FAMILIES)
         }
@@ -57,7 +60,11 @@ class EngineMetrics:
 
     def _observe(self, value: float, *families: Family) -> None:
         for family in families:
-            self._metric(family).observe(value)
+            self.outbox.observe(self._metric(family), value)
+
+    def close(self) -> None:
+        """Send what is queued and stop the outbox's thread."""
+        self.outbox.close()
 
     def on_first_token(self, ttft: float) -> None:
         self._observe(ttft, metrics.TTFT, metrics.VLLM_TTFT)
@@ -70,13 +77,13 @@ class EngineMetrics:
         self._observe(completion.num_prompt_tokens, metrics.VLLM_REQUEST_PROMPT_TOKENS)
         self._observe(completion.num_output_tokens, metrics.VLLM_REQUEST_GENERATION_TOKENS)
         for family in (metrics.REQUEST_SUCCESS, metrics.VLLM_REQUEST_SUCCESS):
-            self._metric(family, finished_reason=completion.finish_reason).increment(1)
+            self.outbox.increment(self._metric(family, finished_reason=completion.finish_reason), 1)
 
     def on_timeout(self) -> None:
-        self._metric(metrics.REQUEST_TIMEOUTS).increment(1)
+        self.outbox.increment(self._metric(metrics.REQUEST_TIMEOUTS), 1)
 
     def on_stall(self, stalled: bool) -> None:
-        self._metric(metrics.ENGINE_STALLED).set(1.0 if stalled else 0.0)
+        self.outbox.set(self._metric(metrics.ENGINE_STALLED), 1.0 if stalled else 0.0)
 
     def on_step(self, engine: LLMEngine) -> None:
         stats = engine.stats()
@@ -93,12 +100,12 @@ class EngineMetrics:
             else 0.0,
         }
         for family, value in gauges.items():
-            self._metric(family).set(value)
+            self.outbox.set(self._metric(family), value)
         grown = {field: getattr(stats, field) - last for field, last in self._last_totals.items()}
         for field, delta in grown.items():
             if delta > 0:
                 for family in _COUNTERS[field]:
-                    self._metric(family).increment(delta)
+                    self.outbox.increment(self._metric(family), delta)
                 self._last_totals[field] += delta
         step_tokens = grown["prompt_tokens_total"] + grown["generation_tokens_total"]
         if step_tokens > 0:
