@@ -152,7 +152,7 @@ browser:
 	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 
 bench-vllm: setup .venv-vllm/bin/vllm
-	$(PY) -m tritonrag_bench --targets engine,hf,vllm --vllm-python .venv-vllm/bin/python
+	$(PY) -m tritonrag_bench --targets engine,hf,vllm,vllm-allcores --vllm-python .venv-vllm/bin/python
 
 # Served peers (tritonrag_bench.serve_bench): our tritonserver + `python -m tritonrag.openai` and vLLM's OpenAI
 # server, one after the other, each loaded by aiperf with the same prompts. Opt-in: needs .venv-vllm. For a quiet machine.

@@ -101,6 +101,8 @@ terminal (the console and progress bars).
 
 import os
 
+import tritonrag  # noqa: F401 - before torch: it sets the OpenMP spin-wait every server process runs with
+
 # Before any submodule imports transformers or tokenizers: the weights are local, and the
 # tokenizer's own threads would compete with the engine's on a 2-core machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -29,7 +29,7 @@ from tritonrag_bench.triton import bench_triton
 from tritonrag_bench.vllm import bench_vllm
 from tritonrag_bench.workload import BenchSettings, corpus_token_ids, make_workload, workload_stats
 
-TARGETS = ("engine", "service", "triton", "hf", "runtimes", "precision", "vllm")
+TARGETS = ("engine", "service", "triton", "hf", "runtimes", "precision", "vllm", "vllm-allcores")
 
 
 def on_fresh_thread(fn, *args):
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap on requests per level: min(max(4, 2 x concurrency), cap); default 48 (quick 4)",
     )
     parser.add_argument("--concurrency", default=None, help="comma-separated levels (default 1,8,32; quick 1,4)")
+    parser.add_argument(
+        "--max-num-batched-tokens", type=int, help="the engine's token budget per step (default: BenchSettings')"
+    )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--targets", default="engine,triton,hf", help="any of " + ",".join(TARGETS))
     parser.add_argument("--quick", action="store_true", help="tiny workload for a smoke run")
@@ -90,8 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.runtime = [r.strip() for r in args.runtime.split(",") if r.strip()]
     if set(args.runtime) - {"torch"} and "runtimes" not in args.targets:
         args.targets.append("runtimes")
-    if args.vllm_python and "vllm" not in args.targets:
-        args.targets.append("vllm")
+    if args.vllm_python and not any(target.startswith("vllm") for target in args.targets):
+        args.targets += ["vllm", "vllm-allcores"]
     return args
 
 
@@ -109,6 +112,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         overrides["concurrency"] = sorted({int(c) for c in args.concurrency.split(",")})
     if args.num_requests:
         overrides["num_requests"] = args.num_requests
+    if args.max_num_batched_tokens:
+        overrides["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.quick:
         return BenchSettings.quick_settings(args.model_dir, **overrides)
     return BenchSettings(model_dir=args.model_dir, **overrides)
@@ -175,10 +180,11 @@ def run(settings: BenchSettings, vllm_python: str | None = None, prefix: bool = 
         with CpuMeter() as meter:
             result["runtimes"] = on_fresh_thread(bench_runtimes, settings, tokenizer, corpus)
         contention["runtimes"] = meter.result
-    if "vllm" in settings.targets:
-        with CpuMeter() as meter:
-            result["results"]["vllm"] = bench_vllm(settings, workloads, vllm_python)
-        contention["vllm"] = meter.result
+    for peer in ("vllm", "vllm-allcores"):  # its default core binding, then every core
+        if peer in settings.targets:
+            with CpuMeter() as meter:
+                result["results"][peer] = bench_vllm(settings, workloads, vllm_python, all_cores=peer != "vllm")
+            contention[peer] = meter.result
     result["machine"]["loadavg_at_end"] = os.getloadavg()
     add_ratios_and_ceilings(result)
     result["targets"] = check_targets(result, max(settings.concurrency))

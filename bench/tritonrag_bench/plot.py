@@ -19,10 +19,10 @@ def write_plot(result: dict, path: Path) -> None:
     import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    series = {t: lv for t, lv in result["results"].items() if t != "vllm"}
-    vllm = result["results"].get("vllm", {})
-    if vllm.get("status") == "ok":
-        series["vllm"] = vllm["results"]
+    series = {t: lv for t, lv in result["results"].items() if not t.startswith("vllm")}
+    for peer in ("vllm", "vllm-allcores"):
+        if result["results"].get(peer, {}).get("status") == "ok":
+            series[peer] = result["results"][peer]["results"]
     for target, levels in series.items():
         cs = sorted(int(c) for c in levels)
         axes[0].plot(cs, [levels[str(c)]["output_tok_s"] for c in cs], marker="o", label=target)

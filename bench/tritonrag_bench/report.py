@@ -39,9 +39,9 @@ def print_report(result: dict) -> None:
     ):
         table.add_column(name, justify="right")
     for target, levels in result["results"].items():
-        if target == "vllm":
+        if target.startswith("vllm"):
             if levels.get("status") != "ok":
-                table.add_row("vllm", "-", "-", levels.get("status", "not run"), *["-"] * 10)
+                table.add_row(target, "-", "-", levels.get("status", "not run"), *["-"] * 10)
                 continue
             levels = levels["results"]
         for c, r in levels.items():

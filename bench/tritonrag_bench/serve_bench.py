@@ -35,7 +35,7 @@ from tritonrag_bench.openai_servers import Served, tritonrag_server, vllm_server
 from tritonrag_bench.serve_report import markdown_table, write_plot
 from tritonrag_bench.workload import BenchRequest, BenchSettings, corpus_token_ids, make_workload, workload_stats
 
-SYSTEMS = ("tritonrag", "vllm")
+SYSTEMS = ("tritonrag", "vllm", "vllm-allcores")  # vllm: its default core binding; -allcores: every core
 WARMUP_TOKENS = 16
 
 
@@ -126,7 +126,15 @@ def _brief(row: dict) -> str:
 def serve(system: str, args: argparse.Namespace, dtype: str, root: Path):
     if system == "tritonrag":
         return tritonrag_server(root, dtype)
-    return vllm_server(args.vllm_python, root, args.model_dir, dtype, max(args.concurrency), args.vllm_arg)
+    return vllm_server(
+        args.vllm_python,
+        root,
+        args.model_dir,
+        dtype,
+        max(args.concurrency),
+        args.vllm_arg,
+        all_cores=system == "vllm-allcores",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -165,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [p for p in (AIPERF, Path(args.model_dir) / "model.safetensors") if not p.exists()]
-    if "vllm" in args.systems and not args.vllm_python.exists():
+    if any(system.startswith("vllm") for system in args.systems) and not args.vllm_python.exists():
         missing.append(args.vllm_python)
     if missing:
         print(f"bench-serve: missing {', '.join(map(str, missing))} (make setup, make .venv-aiperf/bin/aiperf, "

@@ -9,7 +9,7 @@ def add_ratios_and_ceilings(result: dict) -> None:
     """Ratio to HF at the same concurrency and fraction of the ceiling, in place."""
     hf = result["results"].get("hf", {})
     for target, levels in result["results"].items():
-        if target == "vllm":
+        if target.startswith("vllm"):  # vllm, vllm-allcores: a status and its results
             levels = levels.get("results", {}) if levels.get("status") == "ok" else {}
         for c, m in levels.items():
             if "hf" in result["results"] and c in hf:

@@ -31,5 +31,13 @@ SYSTEM_PROMPT = (
     "Cite sources as [1], [2]. If the sources do not contain the answer, say so."
 )
 
+# libgomp's spin-wait between parallel regions (torch's CPU wheel), set for every process that imports
+# tritonrag before torch (tritonrag/__init__.py) unless the environment sets it. Its default, 300,000
+# spins, is fastest while the engine has its cores to itself, and collapses when they are shared: with a
+# load tool and the serving pipeline on the same 2 cores, a c=1 stream's inter-token p50 was 797 ms
+# (3,000 spins: 70 ms; 0: 53 ms). 3,000 keeps a quiet batch-1 decode step at ~18.5 ms (default 17.3).
+# docs/bench/2026-12-01-thread-ownership.md has the measurements.
+GOMP_SPINCOUNT = "3000"
+
 # Floating-point types, by one set of names everywhere (engine dtype, ONNX export, TensorRT precision).
 DTYPES = ("float32", "bfloat16", "float16")
