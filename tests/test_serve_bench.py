@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tritonrag_bench.aiperf import write_dataset
 from tritonrag_bench.openai_servers import _engine_params, llm_repository
 from tritonrag_bench.serve_report import markdown_table
@@ -25,6 +27,14 @@ def test_repository_copy_serves_one_generator_version_in_the_asked_dtype(tmp_pat
     assert 'key: "canary_version" value: { string_value: "" }' in llm
     assert 'key: "rollout_driver" value: { string_value: "false" }' in llm
     assert f'string_value: "{tmp_path / "no-canary.json"}"' in llm
+
+
+def test_generator_settings_can_be_set_over_the_shipped_ones(tmp_path):
+    repo = llm_repository(tmp_path, "float32", {"max_num_batched_tokens": "2048"})
+    generator = _engine_params(repo)
+    assert generator["max_num_batched_tokens"] == "2048" and generator["dtype"] == "float32"
+    with pytest.raises(RuntimeError, match="no parameter 'max_num_batched_token'"):
+        llm_repository(tmp_path, "float32", {"max_num_batched_token": "2048"})  # a typo is refused, not ignored
 
 
 def test_dataset_is_one_single_turn_line_per_request(tmp_path):

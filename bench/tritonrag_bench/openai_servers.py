@@ -55,8 +55,9 @@ def _set_param(text: str, key: str, value: str) -> str:
     return text
 
 
-def llm_repository(root: Path, dtype: str) -> Path:
-    """root/model_repository: `llm` (no canary, no rollout driver) and `generator` version 1 in `dtype`."""
+def llm_repository(root: Path, dtype: str, generator_params: dict[str, str] | None = None) -> Path:
+    """root/model_repository: `llm` (no canary, no rollout driver) and `generator` version 1 in `dtype`,
+    with `generator_params` (e.g. max_num_batched_tokens) set over the shipped engine settings."""
     repo = root / "model_repository"
     if repo.exists():
         shutil.rmtree(repo)
@@ -67,7 +68,9 @@ def llm_repository(root: Path, dtype: str) -> Path:
             shutil.rmtree(version)
     generator = repo / "generator" / "config.pbtxt"
     text = re.sub(r'(?m)^\s*(version_policy\b.*|parameters \{ key: "v\d+:.*)$', "", generator.read_text())
-    generator.write_text(_set_param(text, "dtype", dtype))
+    for key, value in {"dtype": dtype, **(generator_params or {})}.items():
+        text = _set_param(text, key, value)
+    generator.write_text(text)
     llm = repo / "llm" / "config.pbtxt"
     text = _set_param(llm.read_text(), "canary_version", "")
     text = _set_param(text, "weights_file", str(root / "no-canary.json"))  # never written: the split is all stable
@@ -110,10 +113,12 @@ def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def tritonrag_server(root: Path, dtype: str, timeout: float = 900.0) -> Iterator[Served]:
+def tritonrag_server(
+    root: Path, dtype: str, timeout: float = 900.0, generator_params: dict[str, str] | None = None
+) -> Iterator[Served]:
     """tritonserver (llm + generator) and our OpenAI service in front of it."""
     os.environ.setdefault("TRITONRAG_ARTIFACTS", str(artifacts_dir()))
-    repo = llm_repository(root, dtype)
+    repo = llm_repository(root, dtype, generator_params)
     triton = TritonServer.on_free_ports(model_repository=repo, log_path=root / "triton.log", inference_key=None)
     triton.start()
     service = None

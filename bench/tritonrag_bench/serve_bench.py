@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-dir", default=str(generator_weights_dir()))
     parser.add_argument("--vllm-python", type=Path, default=REPO_ROOT / ".venv-vllm" / "bin" / "python")
     parser.add_argument("--vllm-arg", action="append", default=[], help="passed on to vLLM's server (repeat)")
+    parser.add_argument(
+        "--generator-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an engine setting of our generator over the shipped one, e.g. max_num_batched_tokens=2048 (repeat)",
+    )
     parser.add_argument("--label", default="full run", help="what this run is (a smoke run says so)")
     parser.add_argument("--out", type=Path, default=artifacts_dir() / "bench" / "serve")
     args = parser.parse_args(argv)
@@ -125,7 +132,7 @@ def _brief(row: dict) -> str:
 
 def serve(system: str, args: argparse.Namespace, dtype: str, root: Path):
     if system == "tritonrag":
-        return tritonrag_server(root, dtype)
+        return tritonrag_server(root, dtype, generator_params=dict(p.split("=", 1) for p in args.generator_param))
     return vllm_server(
         args.vllm_python,
         root,
