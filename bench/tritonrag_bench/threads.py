@@ -26,7 +26,10 @@ import threading
 import time
 from pathlib import Path
 
+from tritonrag.engine.config import EngineConfig
+from tritonrag.engine.factory import build_engine
 from tritonrag.paths import artifacts_dir, generator_weights_dir
+from tritonrag.sampling import SamplingParams
 from tritonrag_bench.machine import machine_info
 
 PLACEMENTS = ("main", "loop", "split")
@@ -35,9 +38,6 @@ STEPS = 40
 
 
 def _engine(dtype: str, batch: int):
-    from tritonrag.engine.config import EngineConfig
-    from tritonrag.engine.factory import build_engine
-
     config = EngineConfig(
         model_dir=str(generator_weights_dir()),
         dtype=dtype,
@@ -51,8 +51,6 @@ def _engine(dtype: str, batch: int):
 
 def _decode_steps(engine, batch: int) -> list[float]:
     """Step times (s) of `batch` sequences decoding at ~CONTEXT_TOKENS of context, prefill not timed."""
-    from tritonrag.sampling import SamplingParams
-
     sampling = SamplingParams(max_tokens=STEPS + 8, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         engine.add_request(f"r{i}", [100 + (i + j) % 5000 for j in range(CONTEXT_TOKENS)], sampling)

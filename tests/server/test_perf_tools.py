@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+import polling
 from tritonrag import metrics
 from tritonrag.defaults import GENERATOR_MODEL, LLM_MODEL
 from tritonrag.paths import REPO_ROOT, generator_weights_dir
@@ -66,7 +67,7 @@ def test_genai_perf_profile(server, perf_tools, tmp_path):
         artifact_dir=tmp_path / "genai-perf",
         extra_inputs=("return_num_output_tokens:true",),  # each response says how many tokens it carries
     )
-    before = counters(server)
+    before = polling.settled(lambda: counters(server))  # an earlier test's tokens may still be on their way
     export = run.run(echo=False, timeout=900)
     sent = run.request_count + run.concurrency  # the warm-up requests count on the server too
     assert settled(server, {"success": sent, "failure": 0, "tokens": sent * 8}, before) == {
@@ -97,7 +98,7 @@ def test_perf_analyzer_with_request_parameters(server, perf_tools, tmp_path):
     args += ["--concurrency-range", "2", "--request-count", "6", "--warmup-request-count", "2"]
     args += ["--stability-percentage", "999", "--input-data", str(tmp_path / "input.json")]
     args += ["--request-parameter", "max_tokens:4:int", "--request-parameter", "ignore_eos:true:bool"]
-    before = counters(server)
+    before = polling.settled(lambda: counters(server))  # an earlier test's tokens may still be on their way
     output, export = perf_analyzer(args, tmp_path / "export.json", timeout=600)
     # The client's count: the server section's "Successful request count" is a window on Triton's own
     # statistics, where a request of the test before can still finish (7 seen in a clean-clone run).
