@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 import tritonrag_bench
 from tritonrag.engine.factory import load_tokenizer
 from tritonrag.paths import artifacts_dir, generator_weights_dir, onnx_dir
-from tritonrag_bench.engine import bench_engine
+from tritonrag_bench.engine import bench_engine, on_fresh_thread
 from tritonrag_bench.hf import bench_hf
 from tritonrag_bench.machine import CpuMeter, count_params, machine_info, measure_ceiling
 from tritonrag_bench.plot import write_plot
@@ -30,14 +29,6 @@ from tritonrag_bench.vllm import bench_vllm
 from tritonrag_bench.workload import BenchSettings, corpus_token_ids, make_workload, workload_stats
 
 TARGETS = ("engine", "service", "triton", "hf", "runtimes", "precision", "vllm", "vllm-allcores")
-
-
-def on_fresh_thread(fn, *args):
-    """fn(*args) on a thread that ends with it, taking its OpenMP team along: the next target
-    (the service's loop thread among them) then has the process's only team, as in a server
-    (tritonrag.engine.serving.GenerationService says why that matters on few cores)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-target") as pool:
-        return pool.submit(fn, *args).result()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -6,6 +6,7 @@ import gc
 import random
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.factory import build_engine
@@ -31,6 +32,14 @@ def engine_config(settings: BenchSettings, **overrides) -> EngineConfig:
     )
     values.update(overrides)
     return EngineConfig(**values)
+
+
+def on_fresh_thread(fn, *args):
+    """fn(*args) on a thread that ends with it, taking its OpenMP team along: the next target
+    (the service's loop thread among them) then has the process's only team, as in a server
+    (tritonrag.engine.serving.GenerationService says why that matters on few cores)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-target") as pool:
+        return pool.submit(fn, *args).result()
 
 
 def greedy(max_tokens: int) -> SamplingParams:

@@ -22,7 +22,6 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.factory import build_engine
 from tritonrag.paths import artifacts_dir, generator_weights_dir
 from tritonrag.sampling import SamplingParams
+from tritonrag_bench.engine import on_fresh_thread
 from tritonrag_bench.machine import machine_info
 
 PLACEMENTS = ("main", "loop", "split")
@@ -66,14 +66,6 @@ def _decode_steps(engine, batch: int) -> list[float]:
     return times
 
 
-def _on_thread(fn, *args):
-    box: list = []
-    thread = threading.Thread(target=lambda: box.append(fn(*args)), name="engine-loop")
-    thread.start()
-    thread.join()
-    return box[0]
-
-
 def worker(placement: str, dtype: str, batch: int) -> list[float]:
     """One placement in this (fresh) process: warm, then time decode steps."""
     if placement == "main":
@@ -87,10 +79,10 @@ def worker(placement: str, dtype: str, batch: int) -> list[float]:
             _decode_steps(engine, batch)
             return _decode_steps(engine, batch)
 
-        return _on_thread(build_and_run)
+        return on_fresh_thread(build_and_run)
     engine = _engine(dtype, batch)  # split
-    _on_thread(_decode_steps, engine, batch)
-    return _on_thread(_decode_steps, engine, batch)
+    on_fresh_thread(_decode_steps, engine, batch)
+    return on_fresh_thread(_decode_steps, engine, batch)
 
 
 def _measure(placement: str, dtype: str, batch: int) -> list[float]:

@@ -32,6 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -224,10 +225,10 @@ class GenerationService:
         self._stopping = threading.Event()
         self._heartbeat = Heartbeat(clock)
         self._abandoned: set[str] = set()  # failed by the stall watch; the loop frees them when it moves
-        built = _Built()
+        built: Future[LLMEngine] = Future()  # the loop thread's engine, or why it could not build one
         self._thread = threading.Thread(target=self._run, args=(engine, built), name="tritonrag-engine", daemon=True)
         self._thread.start()
-        self.engine: LLMEngine = built.wait()
+        self.engine: LLMEngine = built.result()  # raises the builder's error here, on the caller's thread
         self.watch = StallWatch(
             self._heartbeat,
             lambda: self._inbox.qsize() + len(self._live),
@@ -324,14 +325,14 @@ class GenerationService:
         log.warning("generator loop is making progress again; taking requests")
         self._observe("on_stall", False)
 
-    def _run(self, engine: LLMEngine | Callable[[], LLMEngine], built: _Built) -> None:
+    def _run(self, engine: LLMEngine | Callable[[], LLMEngine], built: Future[LLMEngine]) -> None:
         """The loop thread: build the engine if given a builder, hand it over, then loop."""
         try:
             self.engine = engine if isinstance(engine, LLMEngine) else engine()
         except BaseException as exc:  # noqa: BLE001 - raised again in __init__, on the caller's thread
-            built.fail(exc)
+            built.set_exception(exc)
             return
-        built.done(self.engine)
+        built.set_result(self.engine)
         self._loop()
 
     def _loop(self) -> None:
@@ -514,30 +515,6 @@ class GenerationService:
             getattr(self.observer, hook)(*args)
         except Exception:  # noqa: BLE001
             log.exception("observer %s failed", hook)
-
-
-class _Built:
-    """The loop thread's engine, or why it could not build one, handed to the constructor."""
-
-    def __init__(self) -> None:
-        self._ready = threading.Event()
-        self._engine: LLMEngine | None = None
-        self._error: BaseException | None = None
-
-    def done(self, engine: LLMEngine) -> None:
-        self._engine = engine
-        self._ready.set()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._ready.set()
-
-    def wait(self) -> LLMEngine:
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._engine is not None
-        return self._engine
 
 
 def _call(callback: Callable[..., object], *args: object) -> None:
