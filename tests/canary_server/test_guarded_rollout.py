@@ -83,10 +83,21 @@ def cli(server, weights_file, *args: str) -> int:
     return canary_cli.main([*common, *args])
 
 
-def warm(streams, prompts: list[str], *versions: str) -> None:
-    """Each prompt once on each version (pinned): prefix caches hold them before a window opens."""
+def ttft_count(server, version: str) -> float:
+    return metric(server, f"{metrics.TTFT.name}_count", version=version, **GEN)
+
+
+def warm(server, streams, prompts: list[str], *versions: str) -> None:
+    """Each prompt once on each version (pinned): prefix caches hold them before a window opens.
+
+    Then waits until /metrics holds the warm-up's first-token times: the engine's histograms reach it
+    through its metric outbox, a flush later (longer on a loaded machine), and a cold prefill's TTFT
+    landing inside the first rollout window tripped the latency guard on CI (canary 6.4 s, 9 TTFTs
+    for 8 finished requests)."""
+    before = {v: ttft_count(server, v) for v in versions}
     results = streams.wait([streams.send(router_inputs(p, GREEDY, pin=v)) for v in versions for p in prompts], 600)
     assert all(r.error is None for r in results), [r.error for r in results]
+    assert wait_for(lambda: all(ttft_count(server, v) >= before[v] + len(prompts) for v in versions), timeout=60)
 
 
 def traffic(server, version: str) -> float:
@@ -100,7 +111,7 @@ def traffic(server, version: str) -> float:
 
 def test_a_healthy_canary_is_promoted_with_no_manual_step(server, streams, weights_file, prompts, capsys):
     """shadow -> 5% -> 25% -> 50% -> 100% -> promoted, driven by `canary rollout` from /metrics, under load."""
-    warm(streams, prompts, "1", "2")
+    warm(server, streams, prompts, "1", "2")
     with Load(server.grpc_url, prompts, GREEDY) as load:
         # ONNX Runtime and torch sum in different orders: on a RAG-length prompt a near-tie can flip one
         # greedy token (8 of 9 mirrors identical in one clean run), so with ~9 samples the bar is 0.75.
@@ -132,7 +143,7 @@ def test_a_canary_that_fails_is_rolled_back_by_the_routers_within_one_window(
     """Version 3 refuses every RAG prompt. The routers drive (`--detach`): the error-rate guard trips in the
     shadow step, on mirrored requests, so no user ever got an answer from it; afterwards it gets nothing."""
     set_split(weights_file, canary_version=3)
-    warm(streams, prompts, "1")
+    warm(server, streams, prompts, "1")
     window = 120.0
     with Load(server.grpc_url, prompts, GREEDY) as load:
         assert cli(server, weights_file, "rollout", "--canary-version", "3", "--detach", "--window", str(window),
@@ -173,7 +184,7 @@ def test_a_slow_canary_is_rolled_back_on_latency(server, streams, weights_file, 
     """Version 4 at a live 50% step: its first tokens come far later than the stable's; the TTFT guard trips,
     the CLI rolls it back and exits 3, and no request reaches it afterwards."""
     set_split(weights_file, canary_version=4)
-    warm(streams, prompts, "1")
+    warm(server, streams, prompts, "1")
     with Load(server.grpc_url, prompts, GREEDY, concurrency=6) as load:
         code = cli(server, weights_file, "rollout", "--canary-version", "4", "--steps", "50,100",
                    "--min-requests", "1000", *QUICK, "--timeout", "600")  # fmt: skip
