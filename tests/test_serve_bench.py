@@ -30,9 +30,10 @@ def test_repository_copy_serves_one_generator_version_in_the_asked_dtype(tmp_pat
 
 
 def test_generator_settings_can_be_set_over_the_shipped_ones(tmp_path):
-    repo = llm_repository(tmp_path, "float32", {"max_num_batched_tokens": "2048"})
+    repo = llm_repository(tmp_path, "float32", {"max_num_batched_tokens": "2048", "num_threads": "1"})
     generator = _engine_params(repo)
     assert generator["max_num_batched_tokens"] == "2048" and generator["dtype"] == "float32"
+    assert generator["num_threads"] == "1", "an engine setting the shipped config leaves at its default is added"
     with pytest.raises(RuntimeError, match="no parameter 'max_num_batched_token'"):
         llm_repository(tmp_path, "float32", {"max_num_batched_token": "2048"})  # a typo is refused, not ignored
 

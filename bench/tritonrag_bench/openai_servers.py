@@ -21,12 +21,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import httpx
 
 from tritonrag.defaults import LLM_MODEL
+from tritonrag.engine.config import EngineConfig
 from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir
 from tritonrag.triton.server import TritonServer, free_port
 from tritonrag_bench.machine import session_cpu_s
@@ -48,8 +49,15 @@ class Served:
         return sum(session_cpu_s(pid) for pid in self.pids)
 
 
-def _set_param(text: str, key: str, value: str) -> str:
+ENGINE_SETTINGS = frozenset(f.name for f in fields(EngineConfig))
+
+
+def set_param(text: str, key: str, value: str) -> str:
+    """`key` set to `value` in a config.pbtxt; an engine setting the shipped file leaves at its default
+    (num_threads, say) is added."""
     text, count = re.subn(rf'(key: "{key}" value: {{ string_value: ")[^"]*(")', rf"\g<1>{value}\g<2>", text)
+    if count == 0 and key in ENGINE_SETTINGS:
+        return text.rstrip("\n") + f'\nparameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
     if count != 1:
         raise RuntimeError(f"no parameter {key!r} to set in the model repository copy")
     return text
@@ -69,12 +77,12 @@ def llm_repository(root: Path, dtype: str, generator_params: dict[str, str] | No
     generator = repo / "generator" / "config.pbtxt"
     text = re.sub(r'(?m)^\s*(version_policy\b.*|parameters \{ key: "v\d+:.*)$', "", generator.read_text())
     for key, value in {"dtype": dtype, **(generator_params or {})}.items():
-        text = _set_param(text, key, value)
+        text = set_param(text, key, value)
     generator.write_text(text)
     llm = repo / "llm" / "config.pbtxt"
-    text = _set_param(llm.read_text(), "canary_version", "")
-    text = _set_param(text, "weights_file", str(root / "no-canary.json"))  # never written: the split is all stable
-    llm.write_text(_set_param(text, "rollout_driver", "false"))
+    text = set_param(llm.read_text(), "canary_version", "")
+    text = set_param(text, "weights_file", str(root / "no-canary.json"))  # never written: the split is all stable
+    llm.write_text(set_param(text, "rollout_driver", "false"))
     return repo
 
 

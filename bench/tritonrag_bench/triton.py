@@ -23,6 +23,7 @@ from tritonrag.triton.server import TritonServer
 from tritonrag_bench.client_threads import run_client_threads
 from tritonrag_bench.engine import engine_config
 from tritonrag_bench.machine import CpuMeter, session_cpu_s
+from tritonrag_bench.openai_servers import set_param
 from tritonrag_bench.perf_tools import missing_tools, perf_analyzer
 from tritonrag_bench.records import RequestRecord, level_metrics
 from tritonrag_bench.terminal import console, say_level
@@ -57,15 +58,14 @@ def bench_model_repository(settings: BenchSettings, root: Path) -> Path:
         "max_model_len": config.max_model_len,
         "enable_prefix_caching": "true",
         "enable_chunked_prefill": "true",
+        "prefill_order": config.prefill_order,
+        "prefill_starvation_s": config.prefill_starvation_s,
         "device": "cpu",
     }
     path = repo / "generator" / "config.pbtxt"
     text = re.sub(r'(?m)^\s*(version_policy\b.*|parameters \{ key: "v\d+:.*)$', "", path.read_text())
     for key, value in values.items():
-        pattern = rf'(key: "{key}" value: {{ string_value: ")[^"]*(")'
-        text, count = re.subn(pattern, rf"\g<1>{value}\g<2>", text)
-        if count != 1:
-            raise RuntimeError(f"generator config.pbtxt has no parameter {key!r} to set")
+        text = set_param(text, key, str(value))
     path.write_text(text)
     return repo
 
