@@ -41,3 +41,7 @@ GOMP_SPINCOUNT = "3000"
 
 # Floating-point types, by one set of names everywhere (engine dtype, ONNX export, TensorRT precision).
 DTYPES = ("float32", "bfloat16", "float16")
+
+# The scheduler's orders for prefill work (EngineConfig.prefill_order).
+PREFILL_FCFS, PREFILL_SHORTEST = "fcfs", "shortest"
+PREFILL_ORDERS = (PREFILL_FCFS, PREFILL_SHORTEST)

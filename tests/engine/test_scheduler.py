@@ -82,6 +82,85 @@ def test_admission_is_first_come_first_served(kit):
     assert order == ["a", "b", "c"]
 
 
+def first_chunk_order(kit, sched) -> list[str]:
+    """Request ids in the order their prompts got a first token (their prefill finished)."""
+    order: list[str] = []
+    drive(kit, sched, on_step=lambda out: order.extend(rid for rid in out.sampled if rid not in order))
+    return order
+
+
+@pytest.mark.parametrize("prefill_order", ["fcfs", "shortest"])
+def test_either_prefill_order_keeps_budgets_and_drains(kit, prefill_order):
+    sched = make_scheduler(kit, max_num_seqs=3, max_num_batched_tokens=10, prefill_order=prefill_order)
+    seqs = [kit.new_seq(f"s{i}", list(range(1, n + 1)), max_tokens=4) for i, n in enumerate([30, 3, 12, 1, 25, 7])]
+    for seq in seqs:
+        sched.add(seq)
+
+    decoding: set[str] = set()  # running with a first token after the previous step
+
+    def check(out):
+        assert out.num_batched_tokens <= 10 and sched.num_running <= 3
+        assert decoding <= set(out.chunks), f"a running decode waited: {decoding - set(out.chunks)}"
+        decoding.clear()
+        decoding.update(s.request_id for s in sched.running if s.output_token_ids)
+
+    drive(kit, sched, on_step=check)
+    assert all(len(s.output_token_ids) == 4 for s in seqs)
+
+
+def test_shortest_first_gives_short_prompts_their_first_token_before_long_ones(kit):
+    lengths = {"long": 40, "short": 4, "mid": 10}
+    orders = {}
+    for prefill_order in ("fcfs", "shortest"):
+        sched = make_scheduler(kit, max_num_batched_tokens=8, prefill_order=prefill_order)
+        for name, n in lengths.items():
+            sched.add(kit.new_seq(name, list(range(n)), max_tokens=3))
+        orders[prefill_order] = first_chunk_order(kit, sched)
+    assert orders == {"fcfs": ["long", "short", "mid"], "shortest": ["short", "mid", "long"]}
+
+
+def test_shortest_first_lets_a_new_short_prompt_overtake_a_long_one_mid_prefill(kit):
+    sched = make_scheduler(kit, max_num_batched_tokens=8, prefill_order="shortest")
+    long = kit.new_seq("long", list(range(40)), max_tokens=2)
+    sched.add(long)
+    assert kit.scheduler_step(sched).chunks == {"long": (0, 8)}
+    sched.add(kit.new_seq("short", [1, 2, 3, 4, 5], max_tokens=2))
+    assert kit.scheduler_step(sched).chunks == {"short": (0, 5), "long": (8, 3)}  # the long one gets what is left
+    out = kit.scheduler_step(sched)
+    assert out.chunks == {"short": (5, 1), "long": (11, 7)}  # the short one decodes first
+    drive(kit, sched)
+
+
+def test_shortest_first_serves_a_starved_prompt_ahead_of_shorter_ones(kit):
+    """The fairness rule: past prefill_starvation_s since arrival, a prompt ranks first."""
+    sched = make_scheduler(kit, max_num_batched_tokens=8, prefill_order="shortest", prefill_starvation_s=5.0)
+    long, short = kit.new_seq("long", list(range(20)), max_tokens=2), kit.new_seq("short", [1, 2, 3], max_tokens=2)
+    sched.add(long)
+    sched.add(short)
+    long.arrival_time = short.arrival_time - 6.0  # waited past the limit
+    assert sched.schedule(now=short.arrival_time + 0.1).chunks[0].seq is long
+    fresh = make_scheduler(kit, max_num_batched_tokens=8, prefill_order="shortest", prefill_starvation_s=5.0)
+    a, b = kit.new_seq("a", list(range(20))), kit.new_seq("b", [1, 2, 3])
+    fresh.add(a)
+    fresh.add(b)
+    assert [c.seq.request_id for c in fresh.schedule(now=b.arrival_time).chunks] == ["b", "a"]
+
+
+def test_shortest_first_under_a_tiny_pool_preempts_and_still_drains(kit):
+    sched = make_scheduler(kit, num_blocks=6, max_num_batched_tokens=8, prefill_order="shortest")
+    seqs = [kit.new_seq(name, [i] * n, max_tokens=12) for i, (name, n) in enumerate([("a", 9), ("b", 4), ("c", 6)])]
+    for seq in seqs:
+        sched.add(seq)
+    drive(kit, sched)
+    assert sched.num_preemptions > 0
+    assert all(len(s.output_token_ids) == 12 for s in seqs)
+
+
+def test_an_unknown_prefill_order_is_refused(kit):
+    with pytest.raises(ValueError, match="prefill_order must be one of fcfs, shortest"):
+        kit.make_config(prefill_order="sjf")
+
+
 # ---- chunked prefill -----------------------------------------------------------------
 def test_chunked_prefill_splits_a_long_prompt_while_decodes_run_every_step(kit):
     sched = make_scheduler(kit, max_num_batched_tokens=8)
@@ -211,7 +290,7 @@ def test_a_waiting_sequence_that_cannot_fit_fails_at_admission(kit):
 
 # ---- finishing -----------------------------------------------------------------------
 def test_abort_waiting_and_running_frees_blocks(kit):
-    sched = make_scheduler(kit, max_num_seqs=1)
+    sched = make_scheduler(kit, max_num_seqs=1, prefill_order="fcfs")  # the longer one first
     run, wait = kit.new_seq("run", list(range(9))), kit.new_seq("wait", list(range(5)))
     sched.add(run)
     sched.add(wait)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tritonrag.compile.runtime import RUNTIMES
-from tritonrag.defaults import DTYPES, REQUEST_TIMEOUT_S, STALL_TIMEOUT_S
+from tritonrag.defaults import DTYPES, PREFILL_ORDERS, REQUEST_TIMEOUT_S, STALL_TIMEOUT_S
 
 
 @dataclass
@@ -26,6 +26,11 @@ class EngineConfig:
     max_waiting: int = 256  # bounded waiting queue; more is rejected
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
+    # Which prompts get the step's budget once running decodes have their token: "fcfs" (arrival order)
+    # or "shortest" (fewest prompt tokens left first, so a short question is not queued behind long
+    # RAG prompts; a prompt older than prefill_starvation_s, or one preempted, goes ahead of all others).
+    prefill_order: str = "shortest"
+    prefill_starvation_s: float = 10.0
     num_threads: int = 0  # intra-op threads (torch, and ONNX Runtime's); 0 = their defaults
     runtime: str = "torch"  # torch, onnxruntime or tensorrt (tritonrag.compile.runtime.pick_runtime)
     onnx_path: str = ""  # the exported step graph, for runtime onnxruntime
@@ -43,6 +48,13 @@ class EngineConfig:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.prefill_order = self.prefill_order.strip().lower()
+        if self.prefill_order not in PREFILL_ORDERS:
+            raise ValueError(f"prefill_order must be one of {', '.join(PREFILL_ORDERS)}, got {self.prefill_order!r}")
+        if not 0 < self.prefill_starvation_s < float("inf"):
+            raise ValueError(
+                f"prefill_starvation_s must be a positive number of seconds, got {self.prefill_starvation_s}"
+            )
         if not 0 < self.request_timeout_s < float("inf"):  # NaN fails too: every request has a deadline
             raise ValueError(f"request_timeout_s must be a positive number of seconds, got {self.request_timeout_s}")
         if not 0 < self.stall_timeout_s < float("inf"):

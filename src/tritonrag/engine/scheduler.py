@@ -6,6 +6,13 @@ one token, a sequence still in chunked prefill takes the next chunk); what is le
 admits waiting sequences first come, first served. A prompt longer than the leftover
 budget is split over steps (chunked prefill), so it never stalls the running decodes.
 
+With `prefill_order="shortest"` the decodes still go first, then every prompt with
+tokens left to prefill, running or waiting, is ranked by how many it has left, fewest
+first: under a burst of RAG prompts a short question's first token no longer waits for
+every longer prompt that came before it. The fairness rule: a prompt that arrived more
+than `prefill_starvation_s` ago, or was preempted, ranks ahead of all others, oldest
+first, so a long prompt waits at most that long behind shorter ones.
+
 When KV blocks run out, the most recently admitted running sequence is preempted in
 recompute mode: its blocks are freed, and it goes back to the front of the waiting
 queue to be prefilled again later (its own freed blocks are often still prefix hits).
@@ -14,8 +21,10 @@ queue to be prefilled again later (its own freed blocks are often still prefix h
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 
+from tritonrag.defaults import PREFILL_SHORTEST
 from tritonrag.engine.config import EngineConfig
 from tritonrag.engine.kv_cache_manager import KVCacheManager
 from tritonrag.engine.sequence import FinishReason, ScheduledChunk, SchedulerOutput, Sequence, SequenceStatus
@@ -103,22 +112,31 @@ class Scheduler:
         return failed
 
     # ---- one step ------------------------------------------------------------------
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, now: float | None = None) -> SchedulerOutput:
         """Pick this step's chunks; every chunk's block table covers `chunk.end` on return."""
         out = SchedulerOutput()
-        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
-        if not out.preempted:  # blocks are short: let the running ones drain first
+        shortest = self.config.prefill_order == PREFILL_SHORTEST
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens, decodes_only=shortest)
+        if out.preempted:  # blocks are short: let the running ones drain first
+            return out
+        if shortest:
+            self._schedule_prefills(out, budget, time.monotonic() if now is None else now)
+        else:
             self._schedule_waiting(out, budget)
         return out
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, out: SchedulerOutput, budget: int, decodes_only: bool = False) -> int:
         """Give each running sequence (oldest first) its next chunk; return the budget left."""
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if num_new < 1:
+            num_left = seq.num_tokens - seq.num_computed_tokens
+            if num_left < 1:
                 raise RuntimeError(f"{seq.request_id}: running with nothing to compute")
+            if decodes_only and num_left > 1:
+                i += 1  # a prompt still in prefill: ranked with the waiting ones
+                continue
+            num_new = min(num_left, budget)
             if not self._reserve(seq, num_new, out):
                 if seq.is_finished:
                     continue  # failed: it left the list, running[i] is the next one
@@ -154,6 +172,40 @@ class Scheduler:
             out.chunks.append(chunk)
             budget -= chunk.num_new_tokens
 
+    def _schedule_prefills(self, out: SchedulerOutput, budget: int, now: float) -> None:
+        """Shortest-first prefill: running prompts' next chunks and admissions, by `_prefill_rank`."""
+        pending = [seq for seq in self.running if seq.num_tokens - seq.num_computed_tokens > 1]
+        for seq in sorted([*pending, *self.waiting], key=lambda seq: self._prefill_rank(seq, now)):
+            if budget <= 0:
+                return
+            if seq.status is SequenceStatus.RUNNING:
+                chunk = self._next_prefill_chunk(seq, budget)
+            elif len(self.running) < self.config.max_num_seqs:
+                chunk = self._admit(seq, budget)
+            else:
+                continue  # no room to admit; running prompts further down may still use the budget
+            if chunk is None:
+                if seq.is_finished:
+                    continue
+                break  # blocks are short: what runs drains first
+            out.chunks.append(chunk)
+            budget -= chunk.num_new_tokens
+        if not out.chunks and self.running:  # nothing fit: arrival order, which preempts, makes progress
+            self._schedule_running(out, budget)
+
+    def _prefill_rank(self, seq: Sequence, now: float) -> tuple:
+        if seq.num_preemptions or now - seq.arrival_time >= self.config.prefill_starvation_s:
+            return (0, seq.arrival_time)
+        return (1, seq.num_tokens - seq.num_computed_tokens, seq.arrival_time)
+
+    def _next_prefill_chunk(self, seq: Sequence, budget: int) -> ScheduledChunk | None:
+        """A running prompt's next chunk, without preempting (a chunk scheduled earlier this step could be
+        the victim)."""
+        num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+        if not self._fits_pool(seq, seq.num_computed_tokens + num_new) or not self.kv.allocate_slots(seq, num_new):
+            return None
+        return ScheduledChunk(seq, num_new)
+
     def _admit(self, seq: Sequence, budget: int) -> ScheduledChunk | None:
         """Move the head of the waiting queue to running, skipping its prefix-cache hits."""
         if not self._fits_pool(seq, seq.num_tokens):
@@ -167,7 +219,7 @@ class Scheduler:
             if not self.running:  # unreachable after _fits_pool; no livelock
                 self._fail(seq, "cannot get blocks with the pool to itself")
             return None
-        self.waiting.popleft()
+        self.waiting.remove(seq)  # the head, except in shortest-first order
         seq.status = SequenceStatus.RUNNING
         seq.num_computed_tokens = num_cached
         if seq.num_preemptions == 0:
