@@ -51,7 +51,7 @@ def test_table_states_the_machine_and_shows_failed_rows():
     stats = {"p50": 100.0, "p90": 150.0, "p99": 200.0, "avg": 120.0}
     ok = {"system": "vllm", "dtype": "float32", "concurrency": 8, "requests": 16, "output_tok_s": 80.04}
     ok |= {"ttft_ms": stats, "itl_ms": stats, "latency_ms": stats, "prompt_tokens": 4000.0}
-    ok |= {"output_tokens": 2099.0, "asked_output_tokens": 2099, "foreign_cpu_fraction": 0.05}
+    ok |= {"output_tokens": 2099.0, "asked_output_tokens": 2099, "foreign_cpu_fraction": 0.05, "preemptions": 3.0}
     failed = {"system": "tritonrag", "dtype": "bfloat16", "concurrency": 8, "error": "RuntimeError: boom"}
     machine = {
         "cpu": "AMD EPYC",
@@ -62,5 +62,7 @@ def test_table_states_the_machine_and_shows_failed_rows():
     }
     table = markdown_table({"label": "smoke", "machine": machine, "load_tool": "aiperf", "rows": [ok, failed]})
     assert table.startswith("smoke: AMD EPYC, 2 cores")
-    assert "| vllm | float32 | 8 | 16 | 80.0 | 100 / 200 | 100 / 200 | 100 / 200 | 4000 / 2099 (2099) | 5% |" in table
+    assert (
+        "| vllm | float32 | 8 | 16 | 80.0 | 100 / 200 | 100 / 200 | 100 / 200 | 4000 / 2099 (2099) | 3 | 5% |" in table
+    )
     assert "| tritonrag | bfloat16 | 8 | failed: RuntimeError: boom |" in table

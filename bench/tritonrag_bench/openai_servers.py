@@ -26,13 +26,18 @@ from pathlib import Path
 
 import httpx
 
+from tritonrag import metrics
 from tritonrag.defaults import LLM_MODEL
 from tritonrag.engine.config import EngineConfig
 from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir
 from tritonrag.triton.server import TritonServer, free_port
 from tritonrag_bench.machine import session_cpu_s
+from tritonrag_clients.prom import parse_metrics, total
 
 UNSET_FOR_SERVERS = ("TRITONRAG_API_KEYS", "TRITONRAG_INFERENCE_KEY")  # both servers open on loopback
+# KV cache per server: vLLM-CPU's smallest setting (VLLM_CPU_KVCACHE_SPACE, whole GiB); ours gets the same
+# bytes, or one server preempts where the other does not (fp32 c=32: 11,650 tokens of 512 MiB, not 23,300).
+KV_CACHE_GIB = 1
 
 
 @dataclass
@@ -44,9 +49,21 @@ class Served:
     model: str
     config: dict
     pids: list[int] = field(default_factory=list)  # session leaders: their sessions' CPU is the server's
+    metrics_url: str = ""  # Prometheus text, holding `preemptions`, the engine's preemption counter
+    preemptions: str = ""
 
     def cpu_s(self) -> float:
         return sum(session_cpu_s(pid) for pid in self.pids)
+
+    def num_preemptions(self) -> float | None:
+        """The engine's preemptions so far (recompute: a preempted sequence is prefilled again); None if unread."""
+        try:
+            samples = parse_metrics(httpx.get(self.metrics_url, timeout=10).text)
+        except (httpx.HTTPError, ValueError):
+            return None
+        if not any(name == self.preemptions for name, _ in samples):
+            return None  # not exported (yet): unknown, not zero
+        return total(samples, self.preemptions)
 
 
 ENGINE_SETTINGS = frozenset(f.name for f in fields(EngineConfig))
@@ -124,9 +141,11 @@ def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
 def tritonrag_server(
     root: Path, dtype: str, timeout: float = 900.0, generator_params: dict[str, str] | None = None
 ) -> Iterator[Served]:
-    """tritonserver (llm + generator) and our OpenAI service in front of it."""
+    """tritonserver (llm + generator) and our OpenAI service in front of it, with vLLM's KV cache size
+    unless `generator_params` sets kv_cache_memory_bytes."""
     os.environ.setdefault("TRITONRAG_ARTIFACTS", str(artifacts_dir()))
-    repo = llm_repository(root, dtype, generator_params)
+    params = {"kv_cache_memory_bytes": str(KV_CACHE_GIB * 2**30), **(generator_params or {})}
+    repo = llm_repository(root, dtype, params)
     triton = TritonServer.on_free_ports(model_repository=repo, log_path=root / "triton.log", inference_key=None)
     triton.start()
     service = None
@@ -140,7 +159,8 @@ def tritonrag_server(
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", service, log, timeout)
         config = {"model_repository": str(repo), "dtype": dtype, "generator_config": _engine_params(repo)}
-        yield Served("tritonrag", url, LLM_MODEL, config, [triton.process.pid, service.pid])
+        pids = [triton.process.pid, service.pid]
+        yield Served("tritonrag", url, LLM_MODEL, config, pids, triton.metrics_url, metrics.PREEMPTIONS.name)
     finally:
         if service is not None:
             stop(service)
@@ -177,7 +197,7 @@ def vllm_server(
         *extra_args,
     ]  # fmt: skip
     env = _server_env()
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, its smallest setting (ours: 512 MiB)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(KV_CACHE_GIB))
     if all_cores:
         env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in sorted(os.sched_getaffinity(0)))
     root.mkdir(parents=True, exist_ok=True)
@@ -186,6 +206,7 @@ def vllm_server(
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v1/models", process, log, timeout)
         config = {"command": command[1:], "dtype": dtype} | {k: v for k, v in env.items() if k.startswith("VLLM_CPU_")}
-        yield Served("vllm-allcores" if all_cores else "vllm", url, LLM_MODEL, config, [process.pid])
+        system = "vllm-allcores" if all_cores else "vllm"
+        yield Served(system, url, LLM_MODEL, config, [process.pid], f"{url}/metrics", metrics.VLLM_PREEMPTIONS.name)
     finally:
         stop(process)

@@ -107,12 +107,14 @@ def run_levels(served: Served, dtype: str, levels: dict[int, list[BenchRequest]]
         dataset = write_dataset(level_dir / "prompts.jsonl", [(r.prompt_text, r.max_tokens) for r in requests])
         run = AiperfRun(served.url, served.model, dataset, len(requests), c, level_dir / "aiperf", hf)
         row: dict = {"system": served.system, "dtype": dtype, "concurrency": c}
-        server_cpu = served.cpu_s()
+        server_cpu, preempted = served.cpu_s(), served.num_preemptions()
         try:
             with CpuMeter() as meter:  # aiperf is a reaped child; the servers' sessions are added below
                 export = run.run()
                 meter.extra_own_s = served.cpu_s() - server_cpu
             row |= row_from_export(export, sum(r.max_tokens for r in requests)) | meter.result
+            after = served.num_preemptions()
+            row["preemptions"] = None if preempted is None or after is None else after - preempted
             row["tokens_match"] = row["output_tokens"] == row["asked_output_tokens"]
         except Exception as exc:  # noqa: BLE001 - keep the other levels' numbers; the row says why
             row["error"] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
@@ -126,7 +128,8 @@ def _brief(row: dict) -> str:
         return "failed: " + row["error"][:300]
     return (
         f"{row['output_tok_s']:.1f} tok/s, TTFT p50 {row['ttft_ms']['p50']:.0f} ms, ITL p50 {row['itl_ms']['p50']:.0f} ms,"
-        f" {row['output_tokens']:.0f}/{row['asked_output_tokens']} tokens, others' CPU {row['foreign_cpu_fraction']:.0%}"
+        f" {row['output_tokens']:.0f}/{row['asked_output_tokens']} tokens, others' CPU {row['foreign_cpu_fraction']:.0%},"
+        f" preemptions {row.get('preemptions')}"
     )
 
 

@@ -11,6 +11,10 @@ def _pair(stats: dict, low: str = "p50", high: str = "p99") -> str:
     return f"{stats[low]:.0f} / {stats[high]:.0f}"
 
 
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def markdown_table(result: dict) -> str:
     """One row per system, dtype and concurrency; the machine and the load above it."""
     m = result["machine"]
@@ -19,8 +23,8 @@ def markdown_table(result: dict) -> str:
         f"load average {m['loadavg_at_start'][0]:.1f} at start, {m['loadavg_at_end'][0]:.1f} at end.",
         "",
         "| system | dtype | concurrency | requests | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) "
-        "| latency p50 / p99 (ms) | prompt / output tokens (asked) | other processes' CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| latency p50 / p99 (ms) | prompt / output tokens (asked) | preemptions | other processes' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if "error" in r:
@@ -30,7 +34,7 @@ def markdown_table(result: dict) -> str:
         lines.append(
             f"| {r['system']} | {r['dtype']} | {r['concurrency']} | {r['requests']} | {r['output_tok_s']:.1f} "
             f"| {_pair(r['ttft_ms'])} | {_pair(r['itl_ms'])} | {_pair(r['latency_ms'])} | {tokens} "
-            f"| {r['foreign_cpu_fraction']:.0%} |"
+            f"| {_count(r.get('preemptions'))} | {r['foreign_cpu_fraction']:.0%} |"
         )
     return "\n".join(lines) + "\n"
 
