@@ -3,7 +3,8 @@
 - Dynamic batching: concurrent `rag` requests reach the embedder and the reranker in fewer
   executions than requests (Triton's statistics extension).
 - Chunked prefill: a long prompt that arrives while decodes run is computed in chunks, each
-  step carrying its chunk beside the decode rows (the engine's step-shape counters).
+  step carrying its chunk beside the decode rows (the engine's step-shape counters); a short
+  prompt sent just after a long one gets its first token first (shortest-first prefill).
 - Preemption: a generator with a small KV pool under concurrent long requests preempts and
   resumes; every request succeeds with the greedy text of an unpressured run.
 
@@ -159,6 +160,24 @@ def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(server, token
     assert partial == chunks - 1, "the long prompt was not split over steps as the budget says"
     assert mixed >= chunks, "its chunks did not run beside the decode rows"
     assert steps >= mixed
+
+
+def test_a_short_prompt_sent_behind_a_long_one_gets_its_first_token_first(server, tokenizer):
+    """Shortest-first prefill (the shipped prefill_order): a prompt of over 4 step budgets, then a short one
+    a moment later. Arrival order would finish the long prefill first (it holds every step's budget as the
+    oldest running prompt); shortest-first prefills the short one in the next step."""
+    config = version_1()
+    assert config.prefill_order == "shortest"
+    prompt = long_prompt(tokenizer, 4 * config.max_num_batched_tokens)
+    with StreamingClient(server.grpc_url) as client:
+        long_id = client.send(GENERATOR_MODEL, generator_inputs(prompt, {"max_tokens": 2}), model_version="1")
+        short_id = client.send(GENERATOR_MODEL, generator_inputs("Say hello.", {"max_tokens": 2}), model_version="1")
+        long_events, short_events = client.receive(long_id), client.receive(short_id)
+        long_first, short_first = first_text(long_events), first_text(short_events)
+        for events in (long_events, short_events):
+            assert collect(events)[2].finish_reason in ("stop", "length")
+    print(f"\nfirst tokens: short {short_first.time - long_first.time:+.2f} s after the long prompt's")
+    assert short_first.time < long_first.time
 
 
 # ---- preemption on a small KV pool --------------------------------------------------------
