@@ -193,7 +193,7 @@ class Scheduler:
         if not out.chunks and self.running:  # nothing fit: arrival order, which preempts, makes progress
             self._schedule_running(out, budget)
 
-    def _prefill_rank(self, seq: Sequence, now: float) -> tuple:
+    def _prefill_rank(self, seq: Sequence, now: float) -> tuple[float, ...]:
         if seq.num_preemptions or now - seq.arrival_time >= self.config.prefill_starvation_s:
             return (0, seq.arrival_time)
         return (1, seq.num_tokens - seq.num_computed_tokens, seq.arrival_time)
