@@ -21,17 +21,17 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from tritonrag import metrics
 from tritonrag.defaults import LLM_MODEL
-from tritonrag.engine.config import EngineConfig
 from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir
 from tritonrag.triton.server import TritonServer, free_port
 from tritonrag_bench.machine import session_cpu_s
+from tritonrag_bench.repository_copy import copy_generator_version_1, set_param
 from tritonrag_clients.prom import parse_metrics, total
 
 UNSET_FOR_SERVERS = ("TRITONRAG_API_KEYS", "TRITONRAG_INFERENCE_KEY")  # both servers open on loopback
@@ -66,36 +66,14 @@ class Served:
         return total(samples, self.preemptions)
 
 
-ENGINE_SETTINGS = frozenset(f.name for f in fields(EngineConfig))
-
-
-def set_param(text: str, key: str, value: str) -> str:
-    """`key` set to `value` in a config.pbtxt; an engine setting the shipped file leaves at its default
-    (num_threads, say) is added."""
-    text, count = re.subn(rf'(key: "{key}" value: {{ string_value: ")[^"]*(")', rf"\g<1>{value}\g<2>", text)
-    if count == 0 and key in ENGINE_SETTINGS:
-        return text.rstrip("\n") + f'\nparameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
-    if count != 1:
-        raise RuntimeError(f"no parameter {key!r} to set in the model repository copy")
-    return text
-
-
 def llm_repository(root: Path, dtype: str, generator_params: dict[str, str] | None = None) -> Path:
     """root/model_repository: `llm` (no canary, no rollout driver) and `generator` version 1 in `dtype`,
     with `generator_params` (e.g. max_num_batched_tokens) set over the shipped engine settings."""
     repo = root / "model_repository"
     if repo.exists():
         shutil.rmtree(repo)
-    for name in ("llm", "generator"):
-        shutil.copytree(MODEL_REPOSITORY / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for version in (repo / "generator").iterdir():
-        if version.is_dir() and version.name.isdigit() and version.name != "1":
-            shutil.rmtree(version)
-    generator = repo / "generator" / "config.pbtxt"
-    text = re.sub(r'(?m)^\s*(version_policy\b.*|parameters \{ key: "v\d+:.*)$', "", generator.read_text())
-    for key, value in {"dtype": dtype, **(generator_params or {})}.items():
-        text = set_param(text, key, value)
-    generator.write_text(text)
+    shutil.copytree(MODEL_REPOSITORY / "llm", repo / "llm", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_generator_version_1(repo, {"dtype": dtype, **(generator_params or {})})
     llm = repo / "llm" / "config.pbtxt"
     text = set_param(llm.read_text(), "canary_version", "")
     text = set_param(text, "weights_file", str(root / "no-canary.json"))  # never written: the split is all stable

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 import urllib.request
 from pathlib import Path
 
 from tritonrag import metrics
-from tritonrag.paths import MODEL_REPOSITORY, artifacts_dir
+from tritonrag.paths import artifacts_dir
 from tritonrag.triton.server import TritonServer
 from tritonrag_bench.client_threads import run_client_threads
 from tritonrag_bench.engine import engine_config
 from tritonrag_bench.machine import CpuMeter, session_cpu_s
-from tritonrag_bench.openai_servers import set_param
 from tritonrag_bench.perf_tools import missing_tools, perf_analyzer
 from tritonrag_bench.records import RequestRecord, level_metrics
+from tritonrag_bench.repository_copy import copy_generator_version_1
 from tritonrag_bench.terminal import console, say_level
 from tritonrag_bench.workload import BenchRequest, BenchSettings
 from tritonrag_clients.prom import parse_metrics, total
@@ -35,19 +34,11 @@ SERVER_HISTOGRAMS = {"ttft_s": metrics.TTFT.name, "itl_s": metrics.ITL.name, "e2
 
 
 def bench_model_repository(settings: BenchSettings, root: Path) -> Path:
-    """artifacts/bench/model_repository with only `generator` version 1, its engine set like the in-process one.
-
-    The repository's generator may hold several versions (a canary with `v<N>:<key>`
-    overrides): each would load its own engine on the same cores, and unversioned
-    requests would go to the highest. The copy keeps version 1 and drops the overrides.
-    """
+    """artifacts/bench/model_repository with only `generator` version 1 (tritonrag_bench.repository_copy says
+    why), its engine set like the in-process one."""
     repo = root / "model_repository"
     if repo.exists():
         shutil.rmtree(repo)
-    shutil.copytree(MODEL_REPOSITORY / "generator", repo / "generator")
-    for version in (repo / "generator").iterdir():
-        if version.is_dir() and version.name.isdigit() and version.name != "1":
-            shutil.rmtree(version)
     config = engine_config(settings)
     values = {
         "dtype": config.dtype,
@@ -62,11 +53,7 @@ def bench_model_repository(settings: BenchSettings, root: Path) -> Path:
         "prefill_starvation_s": config.prefill_starvation_s,
         "device": "cpu",
     }
-    path = repo / "generator" / "config.pbtxt"
-    text = re.sub(r'(?m)^\s*(version_policy\b.*|parameters \{ key: "v\d+:.*)$', "", path.read_text())
-    for key, value in values.items():
-        text = set_param(text, key, str(value))
-    path.write_text(text)
+    copy_generator_version_1(repo, values)
     return repo
 
 
