@@ -210,6 +210,23 @@ def test_every_output_streamed(server, tokenizer):
     assert results[-1].as_numpy("finish_reason")[0] == b"length"
 
 
+def test_the_last_streamed_response_is_final_and_carries_outputs(server):
+    """As vllm_backend: the last token's response carries the FINAL flag, no empty response follows it
+    (perf_analyzer records an empty final as one more response, with whatever its buffers held)."""
+    got = []
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result=None, error=None: got.append((result, error)))
+    inputs = generator_inputs(PROMPT, {"max_tokens": "4", "ignore_eos": "true"}, returns=("num_output_tokens",))
+    client.async_stream_infer(LLM_MODEL, inputs, enable_empty_final_response=True)
+    client.stop_stream()
+    client.close()
+    assert all(error is None for _, error in got)
+    finals = [r.get_response().parameters["triton_final_response"].bool_param for r, _ in got]
+    assert finals == [False] * (len(got) - 1) + [True]
+    assert all(r.get_response().outputs for r, _ in got)
+    assert sum(int(r.as_numpy("num_output_tokens")[0]) for r, _ in got) == 4
+
+
 def test_every_output_in_one_response(server):
     """Not streamed: one response, the totals; cumulative_logprob without asking for logprobs; logprobs then null."""
     inputs = generator_inputs(PROMPT, {"max_tokens": 4, "ignore_eos": True}, stream=False, returns=ALL_RETURNS)

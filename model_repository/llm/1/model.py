@@ -185,6 +185,7 @@ class TritonPythonModel:
         served = pb_utils.Tensor("served_version", np.array([version], dtype=np.int32))
         texts: list[str] | None = []
         stream = None
+        ended = False  # the generator's final response went out, carrying the FINAL flag (as vllm_backend's does)
         try:
             stream = self._stream(inputs, request_id, version, timeout_us)
             with self.live_lock:
@@ -203,8 +204,10 @@ class TritonPythonModel:
                 if texts is not None and pair is not None:
                     texts.append(_text(reply.outputs))
                 tensors = [pb_utils.Tensor(name, array) for name, array in reply.outputs.items()]
-                sender.send(pb_utils.InferenceResponse(output_tensors=tensors + [served]))
-            if stream.cancelled or not sender.send(final=True):  # ended before: cancelled or failed
+                response = pb_utils.InferenceResponse(output_tensors=tensors + [served])
+                ended = sender.send(response, final=reply.final) and reply.final
+            # No empty FINAL after a final response with outputs: load tools count it as a response.
+            if stream.cancelled or not (ended or sender.send(final=True)):  # ended before: cancelled or failed
                 texts = None
         except Exception as exc:  # noqa: BLE001
             texts = None
