@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tritonrag.paths import REPO_ROOT
 
 AIPERF = REPO_ROOT / ".venv-aiperf" / "bin" / "aiperf"
@@ -74,6 +76,7 @@ class AiperfRun:
             "--request-count", str(self.requests), "--concurrency", str(self.concurrency),
             "--extra-inputs", json.dumps(GREEDY),
             "--random-seed", "0", "--no-auto-plot", "--ui-type", "none",
+            "--no-server-metrics",  # serve_bench reads each server's counters itself; the scraper can die on 2 cores
             "--output-artifact-dir", str(self.artifact_dir.resolve()),
         ]  # fmt: skip
         return command + (["--api-key", self.api_key] if self.api_key else [])
@@ -114,3 +117,19 @@ def row_from_export(export: dict, asked_tokens: int) -> dict:
         "output_tokens": stat("total_usage_completion_tokens", "avg"),
         "asked_output_tokens": asked_tokens,
     }
+
+
+def ttft_after_burst(records: Path, concurrency: int) -> dict:
+    """TTFT (ms) p50 / p99 of the requests sent after the opening burst, from aiperf's per-request records.
+
+    A concurrency-N run opens by sending N requests at once; the last of them waits for the whole
+    burst's prefill, which is what a run's TTFT p99 mostly measures. Each later request is sent as
+    one ends, as in steady serving. The burst is the first N by the time aiperf issued them.
+    """
+    rows = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda row: row["metadata"]["credit_issued_ns"])
+    ttfts = [row["metrics"]["time_to_first_token"]["value"] for row in rows[concurrency:]]
+    if not ttfts:
+        return {"p50": None, "p99": None, "count": 0}
+    p50, p99 = np.percentile(ttfts, [50, 99])
+    return {"p50": float(p50), "p99": float(p99), "count": len(ttfts)}

@@ -56,6 +56,9 @@ def test_aiperf_streams_chat_completions_without_errors(stack, llm_id, tmp_path)
         "--prompt-output-tokens-mean", str(output_tokens), "--prompt-output-tokens-stddev", "0",
         "--extra-inputs", "ignore_eos:true",
         "--random-seed", "1", "--no-auto-plot",
+        # Its optional /metrics scraper is a service of its own: on a loaded 2-core host it missed its
+        # heartbeats and aiperf exited 1 with every request served; the server's counters are tested elsewhere.
+        "--no-server-metrics",
         "--output-artifact-dir", str(tmp_path / "aiperf"),
     ]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
