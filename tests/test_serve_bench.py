@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tritonrag_bench.aiperf import write_dataset
+from tritonrag_bench.aiperf import ttft_after_burst, write_dataset
 from tritonrag_bench.openai_servers import _engine_params, llm_repository
 from tritonrag_bench.serve_report import markdown_table
 
@@ -52,6 +52,7 @@ def test_table_states_the_machine_and_shows_failed_rows():
     ok = {"system": "vllm", "dtype": "float32", "concurrency": 8, "requests": 16, "output_tok_s": 80.04}
     ok |= {"ttft_ms": stats, "itl_ms": stats, "latency_ms": stats, "prompt_tokens": 4000.0}
     ok |= {"output_tokens": 2099.0, "asked_output_tokens": 2099, "foreign_cpu_fraction": 0.05, "preemptions": 3.0}
+    ok |= {"ttft_after_burst_ms": {"p50": 50.0, "p99": 90.0, "count": 8}}
     failed = {"system": "tritonrag", "dtype": "bfloat16", "concurrency": 8, "error": "RuntimeError: boom"}
     machine = {
         "cpu": "AMD EPYC",
@@ -63,6 +64,20 @@ def test_table_states_the_machine_and_shows_failed_rows():
     table = markdown_table({"label": "smoke", "machine": machine, "load_tool": "aiperf", "rows": [ok, failed]})
     assert table.startswith("smoke: AMD EPYC, 2 cores")
     assert (
-        "| vllm | float32 | 8 | 16 | 80.0 | 100 / 200 | 100 / 200 | 100 / 200 | 4000 / 2099 (2099) | 3 | 5% |" in table
+        "| vllm | float32 | 8 | 16 | 80.0 | 100 / 200 | 50 / 90 | 100 / 200 | 100 / 200 | 4000 / 2099 (2099) | 3 | 5% |"
+        in table
     )
     assert "| tritonrag | bfloat16 | 8 | failed: RuntimeError: boom |" in table
+
+
+def test_ttft_after_the_burst_leaves_out_the_first_requests_issued(tmp_path):
+    """aiperf's records in completion order; the first `concurrency` issued are the burst, whatever order they ended in."""
+    issued_and_ttft = [(3, 900.0), (1, 5000.0), (2, 4000.0), (4, 100.0), (5, 300.0)]
+    lines = [
+        json.dumps({"metadata": {"credit_issued_ns": t}, "metrics": {"time_to_first_token": {"value": v}}})
+        for t, v in issued_and_ttft
+    ]
+    (tmp_path / "records.jsonl").write_text("\n".join(lines) + "\n")
+    after = ttft_after_burst(tmp_path / "records.jsonl", concurrency=2)
+    assert after["count"] == 3 and after["p50"] == 300.0 and 100.0 < after["p99"] < 900.0
+    assert ttft_after_burst(tmp_path / "records.jsonl", concurrency=5) == {"p50": None, "p99": None, "count": 0}

@@ -10,7 +10,7 @@ For each dtype, each system in turn (never both at once: they share the cores) i
 (slices of the Python docs, prompt and output lengths drawn per request), sent as chat
 completions, streamed, greedy, `ignore_eos`, so both systems generate the same token counts
 (checked against the servers' `usage`). Per system, dtype and concurrency: output tok/s, TTFT,
-ITL and request latency p50 / p99, and the CPU other processes took meanwhile. Written to
+ITL and request latency p50 / p99, TTFT of the requests after the opening burst, and the CPU other processes took meanwhile. Written to
 artifacts/bench/serve/result.{json,md,png} with the machine stated; aiperf's own exports under
 artifacts/bench/serve/<dtype>/<system>/c<N>/.
 """
@@ -29,7 +29,15 @@ import httpx
 
 from tritonrag.engine.factory import load_tokenizer
 from tritonrag.paths import REPO_ROOT, artifacts_dir, generator_weights_dir
-from tritonrag_bench.aiperf import AIPERF, GREEDY, AiperfRun, offline_cache, row_from_export, write_dataset
+from tritonrag_bench.aiperf import (
+    AIPERF,
+    GREEDY,
+    AiperfRun,
+    offline_cache,
+    row_from_export,
+    ttft_after_burst,
+    write_dataset,
+)
 from tritonrag_bench.machine import CpuMeter, machine_info
 from tritonrag_bench.openai_servers import Served, tritonrag_server, vllm_server
 from tritonrag_bench.serve_report import markdown_table, write_plot
@@ -113,6 +121,7 @@ def run_levels(served: Served, dtype: str, levels: dict[int, list[BenchRequest]]
                 export = run.run()
                 meter.extra_own_s = served.cpu_s() - server_cpu
             row |= row_from_export(export, sum(r.max_tokens for r in requests)) | meter.result
+            row["ttft_after_burst_ms"] = ttft_after_burst(run.artifact_dir / "profile_export.jsonl", c)
             after = served.num_preemptions()
             row["preemptions"] = None if preempted is None or after is None else after - preempted
             row["tokens_match"] = row["output_tokens"] == row["asked_output_tokens"]
