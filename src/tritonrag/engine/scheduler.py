@@ -130,7 +130,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_left = seq.num_tokens - seq.num_computed_tokens
+            num_left = seq.num_uncomputed_tokens
             if num_left < 1:
                 raise RuntimeError(f"{seq.request_id}: running with nothing to compute")
             if decodes_only and num_left > 1:
@@ -174,7 +174,7 @@ class Scheduler:
 
     def _schedule_prefills(self, out: SchedulerOutput, budget: int, now: float) -> None:
         """Shortest-first prefill: running prompts' next chunks and admissions, by `_prefill_rank`."""
-        pending = [seq for seq in self.running if seq.num_tokens - seq.num_computed_tokens > 1]
+        pending = [seq for seq in self.running if seq.num_uncomputed_tokens > 1]
         for seq in sorted([*pending, *self.waiting], key=lambda seq: self._prefill_rank(seq, now)):
             if budget <= 0:
                 return
@@ -196,12 +196,12 @@ class Scheduler:
     def _prefill_rank(self, seq: Sequence, now: float) -> tuple[float, ...]:
         if seq.num_preemptions or now - seq.arrival_time >= self.config.prefill_starvation_s:
             return (0, seq.arrival_time)
-        return (1, seq.num_tokens - seq.num_computed_tokens, seq.arrival_time)
+        return (1, seq.num_uncomputed_tokens, seq.arrival_time)
 
     def _next_prefill_chunk(self, seq: Sequence, budget: int) -> ScheduledChunk | None:
         """A running prompt's next chunk, without preempting (a chunk scheduled earlier this step could be
         the victim)."""
-        num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+        num_new = min(seq.num_uncomputed_tokens, budget)
         if not self._fits_pool(seq, seq.num_computed_tokens + num_new) or not self.kv.allocate_slots(seq, num_new):
             return None
         return ScheduledChunk(seq, num_new)

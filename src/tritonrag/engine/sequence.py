@@ -65,6 +65,11 @@ class Sequence:
         return len(self.prompt_token_ids)
 
     @property
+    def num_uncomputed_tokens(self) -> int:
+        """Tokens not in the KV cache yet: the prompt left to prefill, or 1 (the last sampled token) in decode."""
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
