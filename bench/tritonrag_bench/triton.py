@@ -51,6 +51,7 @@ def bench_model_repository(settings: BenchSettings, root: Path) -> Path:
         "enable_chunked_prefill": "true",
         "prefill_order": config.prefill_order,
         "prefill_starvation_s": config.prefill_starvation_s,
+        "prefill_starved_share": config.prefill_starved_share,
         "device": "cpu",
     }
     copy_generator_version_1(repo, values)

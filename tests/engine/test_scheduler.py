@@ -146,6 +146,32 @@ def test_shortest_first_serves_a_starved_prompt_ahead_of_shorter_ones(kit):
     assert [c.seq.request_id for c in fresh.schedule(now=b.arrival_time).chunks] == ["b", "a"]
 
 
+def test_a_fresh_prompt_behind_a_backlog_of_starved_ones_gets_its_share_of_the_budget(kit):
+    """Starved prompts still go first, but take at most prefill_starved_share of the budget while others wait."""
+
+    def first_step(share):
+        sched = make_scheduler(
+            kit,
+            max_num_batched_tokens=16,
+            prefill_order="shortest",
+            prefill_starvation_s=5.0,
+            prefill_starved_share=share,
+        )
+        old = [kit.new_seq(f"old{i}", list(range(30)), max_tokens=2) for i in range(2)]
+        short = kit.new_seq("short", [1, 2, 3, 4, 5], max_tokens=2)
+        for seq in [*old, short]:
+            sched.add(seq)
+        for seq in old:
+            seq.arrival_time = short.arrival_time - 6.0  # waited past the limit
+        out = sched.schedule(now=short.arrival_time + 0.1)
+        return {c.seq.request_id: (c.start, c.num_new_tokens) for c in out.chunks}
+
+    assert first_step(0.5) == {"old0": (0, 11), "short": (0, 5)}  # the starved take what the short one leaves
+    assert first_step(1.0) == {"old0": (0, 16)}  # all of it to the backlog, as before the share
+    with pytest.raises(ValueError, match="prefill_starved_share"):
+        kit.make_config(prefill_starved_share=0)
+
+
 def test_shortest_first_under_a_tiny_pool_preempts_and_still_drains(kit):
     sched = make_scheduler(kit, num_blocks=6, max_num_batched_tokens=8, prefill_order="shortest")
     seqs = [kit.new_seq(name, [i] * n, max_tokens=12) for i, (name, n) in enumerate([("a", 9), ("b", 4), ("c", 6)])]

@@ -31,6 +31,7 @@ class EngineConfig:
     # RAG prompts; a prompt older than prefill_starvation_s, or one preempted, goes ahead of all others).
     prefill_order: str = "shortest"
     prefill_starvation_s: float = 10.0
+    prefill_starved_share: float = 0.5  # of a step's prefill budget, for starved prompts while others wait
     num_threads: int = 0  # intra-op threads (torch, and ONNX Runtime's); 0 = their defaults
     runtime: str = "torch"  # torch, onnxruntime or tensorrt (tritonrag.compile.runtime.pick_runtime)
     onnx_path: str = ""  # the exported step graph, for runtime onnxruntime
@@ -55,6 +56,8 @@ class EngineConfig:
             raise ValueError(
                 f"prefill_starvation_s must be a positive number of seconds, got {self.prefill_starvation_s}"
             )
+        if not 0 < self.prefill_starved_share <= 1:
+            raise ValueError(f"prefill_starved_share must be in (0, 1], got {self.prefill_starved_share}")
         if not 0 < self.request_timeout_s < float("inf"):  # NaN fails too: every request has a deadline
             raise ValueError(f"request_timeout_s must be a positive number of seconds, got {self.request_timeout_s}")
         if not 0 < self.stall_timeout_s < float("inf"):

@@ -173,11 +173,27 @@ class Scheduler:
             budget -= chunk.num_new_tokens
 
     def _schedule_prefills(self, out: SchedulerOutput, budget: int, now: float) -> None:
-        """Shortest-first prefill: running prompts' next chunks and admissions, by `_prefill_rank`."""
+        """Shortest-first prefill (`_prefill_rank`). Starved prompts go first but, while others wait, take at
+        most `prefill_starved_share` of the budget: a short prompt is not queued behind a whole starved backlog."""
         pending = [seq for seq in self.running if seq.num_uncomputed_tokens > 1]
-        for seq in sorted([*pending, *self.waiting], key=lambda seq: self._prefill_rank(seq, now)):
+        ranked = sorted([*pending, *self.waiting], key=lambda seq: self._prefill_rank(seq, now))
+        starved = [seq for seq in ranked if self._is_starved(seq, now)]
+        fresh = ranked[len(starved) :]
+        # Kept for the fresh prompts: their share of the budget, or less if they need less.
+        reserve = min(
+            sum(seq.num_uncomputed_tokens for seq in fresh), budget - int(budget * self.config.prefill_starved_share)
+        )
+        left, blocked = self._fill_prefills(out, starved, budget - reserve)
+        if not blocked:  # blocks are short: what runs drains first, nothing newer is admitted
+            budget, _ = self._fill_prefills(out, fresh, left + reserve)
+        if not out.chunks and self.running:  # nothing fit: arrival order, which preempts, makes progress
+            self._schedule_running(out, budget)
+
+    def _fill_prefills(self, out: SchedulerOutput, seqs: list[Sequence], budget: int) -> tuple[int, bool]:
+        """`seqs`' next prefill chunks, in order, within `budget`: (budget left, whether blocks ran short)."""
+        for seq in seqs:
             if budget <= 0:
-                return
+                break
             if seq.status is SequenceStatus.RUNNING:
                 chunk = self._next_prefill_chunk(seq, budget)
             elif len(self.running) < self.config.max_num_seqs:
@@ -187,14 +203,16 @@ class Scheduler:
             if chunk is None:
                 if seq.is_finished:
                     continue
-                break  # blocks are short: what runs drains first
+                return budget, True
             out.chunks.append(chunk)
             budget -= chunk.num_new_tokens
-        if not out.chunks and self.running:  # nothing fit: arrival order, which preempts, makes progress
-            self._schedule_running(out, budget)
+        return budget, False
+
+    def _is_starved(self, seq: Sequence, now: float) -> bool:
+        return bool(seq.num_preemptions) or now - seq.arrival_time >= self.config.prefill_starvation_s
 
     def _prefill_rank(self, seq: Sequence, now: float) -> tuple[float, ...]:
-        if seq.num_preemptions or now - seq.arrival_time >= self.config.prefill_starvation_s:
+        if self._is_starved(seq, now):
             return (0, seq.arrival_time)
         return (1, seq.num_uncomputed_tokens, seq.arrival_time)
 
