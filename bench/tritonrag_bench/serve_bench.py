@@ -10,8 +10,9 @@ For each dtype, each system in turn (never both at once: they share the cores) i
 (slices of the Python docs, prompt and output lengths drawn per request), sent as chat
 completions, streamed, greedy, `ignore_eos`, so both systems generate the same token counts
 (checked against the servers' `usage`). Per system, dtype and concurrency: output tok/s, TTFT,
-ITL and request latency p50 / p99, TTFT of the requests after the opening burst, and the CPU other processes took meanwhile. Written to
-artifacts/bench/serve/result.{json,md,png} with the machine stated; aiperf's own exports under
+ITL and request latency p50 / p99, TTFT of the requests after the opening burst, and the CPU other
+processes took meanwhile. Written to artifacts/bench/serve/result.{json,md,png} with the machine
+stated; aiperf's own exports under
 artifacts/bench/serve/<dtype>/<system>/c<N>/.
 """
 

@@ -173,12 +173,15 @@ class Scheduler:
             budget -= chunk.num_new_tokens
 
     def _schedule_prefills(self, out: SchedulerOutput, budget: int, now: float) -> None:
-        """Shortest-first prefill (`_prefill_rank`). Starved prompts go first but, while others wait, take at
-        most `prefill_starved_share` of the budget: a short prompt is not queued behind a whole starved backlog."""
+        """Shortest-first prefill. Starved prompts go first, oldest first, but while others wait take at most
+        `prefill_starved_share` of the budget: a short prompt is not queued behind a whole starved backlog."""
         pending = [seq for seq in self.running if seq.num_uncomputed_tokens > 1]
-        ranked = sorted([*pending, *self.waiting], key=lambda seq: self._prefill_rank(seq, now))
-        starved = [seq for seq in ranked if self._is_starved(seq, now)]
-        fresh = ranked[len(starved) :]
+        starved: list[Sequence] = []
+        fresh: list[Sequence] = []
+        for seq in [*pending, *self.waiting]:
+            (starved if self._is_starved(seq, now) else fresh).append(seq)
+        starved.sort(key=lambda seq: seq.arrival_time)
+        fresh.sort(key=lambda seq: (seq.num_uncomputed_tokens, seq.arrival_time))
         # Kept for the fresh prompts: their share of the budget, or less if they need less.
         reserve = min(
             sum(seq.num_uncomputed_tokens for seq in fresh), budget - int(budget * self.config.prefill_starved_share)
@@ -210,11 +213,6 @@ class Scheduler:
 
     def _is_starved(self, seq: Sequence, now: float) -> bool:
         return bool(seq.num_preemptions) or now - seq.arrival_time >= self.config.prefill_starvation_s
-
-    def _prefill_rank(self, seq: Sequence, now: float) -> tuple[float, ...]:
-        if self._is_starved(seq, now):
-            return (0, seq.arrival_time)
-        return (1, seq.num_uncomputed_tokens, seq.arrival_time)
 
     def _next_prefill_chunk(self, seq: Sequence, budget: int) -> ScheduledChunk | None:
         """A running prompt's next chunk, without preempting (a chunk scheduled earlier this step could be
